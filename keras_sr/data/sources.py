@@ -1,0 +1,190 @@
+"""Where HR/LR image pairs come from: the `--source` specs of `tools/prepare_data.py`.
+
+    folder:PATH            HR images (PNG/JPEG/BMP) directly inside PATH; LR made with the MATLAB
+    rule. benchmark:PATH         EDSR layout: PATH/HR/<stem>.* and
+    PATH/LR_bicubic/X<scale>/<stem>x<scale>.png;
+                           the LR files are taken as given.
+    tfds:NAME[:SPLIT]      a TensorFlow Datasets paired set with "hr"/"lr" features, e.g.
+                           tfds:div2k/bicubic_x3 (split "train" by default; downloads several GB).
+    builtin:train|val      the scikit-image photographs of `keras_sr.data.builtin`.
+
+A source is listed once (`Source.num_items`) and then read shard by shard (`Source.read_shard`), so
+that shards can be written independently, in parallel and resumably. Reading yields `RawPair`s, or
+`Skipped` entries for items that cannot be used, each with a reason.
+"""
+import dataclasses
+import os
+from typing import Optional
+
+import numpy as np
+
+from keras_sr.data import benchmark, builtin, image_io
+
+
+@dataclasses.dataclass
+class RawPair:
+    """One image as read from a source.
+
+    Attributes:
+        image_id: unique id, "<prefix>/<name>".
+        hr: uint8 HxWx3 RGB or HxW grayscale, not cropped.
+        lr: uint8 LR given by the source, or None when it must be generated.
+        origin: the file (or dataset entry) it came from, for messages.
+    """
+    image_id: str
+    hr: np.ndarray
+    lr: Optional[np.ndarray]
+    origin: str
+
+
+@dataclasses.dataclass
+class Skipped:
+    item: str
+    reason: str
+
+
+class Source:
+    """A parsed source spec; subclasses list their items in `__init__` (cheap: no decoding)."""
+
+    spec = ""
+    default_prefix = ""
+
+    def __init__(self):
+        self.listing_skipped = []  # Skipped entries found while listing (e.g. duplicate names)
+
+    @property
+    def num_items(self):
+        raise NotImplementedError
+
+    def read_shard(self, index, count, id_prefix):
+        """Yields RawPair/Skipped for items index, index + count, ... of the listing."""
+        raise NotImplementedError
+
+
+class _FileSource(Source):
+    """Sources backed by a sorted list of (name, hr_path, lr_path or None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.items = []
+
+    @property
+    def num_items(self):
+        return len(self.items)
+
+    def read_shard(self, index, count, id_prefix):
+        for name, hr_path, lr_path in self.items[index::count]:
+            try:
+                hr = image_io.read_image(hr_path)
+                lr = image_io.read_image(lr_path) if lr_path else None
+            except image_io.ImageError as e:
+                yield Skipped(hr_path, str(e))
+                continue
+            yield RawPair(f"{id_prefix}/{name}" if id_prefix else name, hr, lr, hr_path)
+
+    def _add_files(self, paths, lr_path_fn=None):
+        seen = {}
+        for path in paths:
+            name = os.path.splitext(os.path.basename(path))[0]
+            if name in seen:
+                self.listing_skipped.append(
+                    Skipped(path, f"duplicate image name {name!r} (also {seen[name]})"))
+                continue
+            seen[name] = path
+            lr_path = lr_path_fn(name) if lr_path_fn else None
+            if lr_path and not os.path.isfile(lr_path):
+                self.listing_skipped.append(Skipped(path, f"missing LR file {lr_path}"))
+                continue
+            self.items.append((name, path, lr_path))
+
+
+class FolderSource(_FileSource):
+    def __init__(self, path, scale):
+        super().__init__()
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"folder source {path!r} is not a directory")
+        self.spec = f"folder:{path}"
+        self.default_prefix = os.path.basename(os.path.normpath(path))
+        files = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if os.path.isfile(os.path.join(path, f)))
+        for f in files:
+            if not f.lower().endswith(image_io.IMAGE_EXTENSIONS):
+                self.listing_skipped.append(Skipped(f, "not a PNG/JPEG/BMP file name"))
+        self._add_files([f for f in files if f.lower().endswith(image_io.IMAGE_EXTENSIONS)])
+
+
+class BenchmarkSource(_FileSource):
+    def __init__(self, path, scale):
+        super().__init__()
+        hr_dir = os.path.join(path, "HR")
+        if not os.path.isdir(hr_dir):
+            raise FileNotFoundError(f"benchmark source {path!r} has no HR/ folder "
+                                    "(EDSR layout expected)")
+        self.spec = f"benchmark:{path}"
+        self.default_prefix = os.path.basename(os.path.normpath(path))
+        self._add_files(benchmark.list_hr_files(hr_dir),
+                        lambda name: benchmark.lr_path(path, name, scale))
+
+
+class BuiltinSource(_FileSource):
+    def __init__(self, split, scale):
+        super().__init__()
+        self.spec = f"builtin:{split}"
+        self.default_prefix = "builtin"
+        for name, path in builtin.image_paths(split):
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"builtin image {name!r} is missing from scikit-image "
+                                        f"({path})")
+            self.items.append((name, path, None))
+
+
+class TfdsSource(Source):
+    """A TensorFlow Datasets paired set; examples are identified by their `tfds_id`."""
+
+    def __init__(self, arg, scale):
+        super().__init__()
+        name, _, split = arg.partition(":")
+        self.name, self.split = name, split or "train"
+        self.spec = f"tfds:{self.name}:{self.split}"
+        self.default_prefix = f"{self.name.split('/')[0]}_{self.split}"
+
+    @property
+    def num_items(self):
+        return None  # unknown until downloaded; each shard reads an even split
+
+    def read_shard(self, index, count, id_prefix):
+        import tensorflow_datasets as tfds  # optional, heavy, and needs the network on first use
+
+        split = tfds.even_splits(self.split, n=count)[index]
+        dataset = tfds.load(self.name, split=split,
+                            read_config=tfds.ReadConfig(add_tfds_id=True), shuffle_files=False)
+        for example in tfds.as_numpy(dataset):
+            tfds_id = example["tfds_id"].decode("utf-8")
+            if "hr" not in example or "lr" not in example:
+                raise ValueError(f"tfds dataset {self.name} has no 'hr'/'lr' features "
+                                 f"(has {sorted(example)}); only paired SR datasets are supported")
+            hr, lr = (_squeeze_gray(example[k]) for k in ("hr", "lr"))
+            yield RawPair(f"{id_prefix}/{tfds_id}" if id_prefix else tfds_id, hr, lr,
+                          f"{self.spec}[{tfds_id}]")
+
+
+def _squeeze_gray(image):
+    return image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+
+
+_KINDS = {"folder": FolderSource, "benchmark": BenchmarkSource, "builtin": BuiltinSource,
+          "tfds": TfdsSource}
+
+
+def parse_source(spec, scale=3):
+    """Parses a source spec (see the module docstring) and lists its items.
+
+    Raises:
+        ValueError: an unknown kind or an empty argument.
+        FileNotFoundError: a folder that does not exist.
+    """
+    kind, sep, arg = spec.partition(":")
+    if not sep or kind not in _KINDS or not arg:
+        raise ValueError(f"bad source {spec!r}: expected one of folder:PATH, benchmark:PATH, "
+                         "tfds:NAME[:SPLIT], builtin:train, builtin:val")
+    return _KINDS[kind](arg, scale)

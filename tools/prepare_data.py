@@ -1,0 +1,66 @@
+"""Turns images into sharded SR TFRecords for training, or an EDSR-layout folder for evaluation.
+
+    keras-sr-prepare-data --source=benchmark:../shared/data/T91 --output=records/T91
+    keras-sr-prepare-data --source=folder:DIV2K_train_HR --output=records/div2k --num_shards=16
+    keras-sr-prepare-data --source=builtin:train --output=records/builtin_train
+    keras-sr-prepare-data --source=builtin:val --output=data/builtin_val --format=benchmark
+
+Sources: folder:PATH (LR made with the MATLAB bicubic rule), benchmark:PATH (EDSR layout, LR as
+    given),
+tfds:div2k/bicubic_x3[:SPLIT] (downloads), builtin:train / builtin:val (scikit-image photographs).
+OUTPUT/summary.json lists the counts and every skipped file with its reason. Rerunning resumes.
+"""
+import json
+import os
+
+from absl import app, flags, logging
+
+import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads, should a source import it)
+from keras_sr.data import prepare
+
+_SOURCE = flags.DEFINE_string(
+    "source", None, "folder:PATH, benchmark:PATH, tfds:NAME[:SPLIT], builtin:train or builtin:val.",
+    required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output folder.", required=True)
+_FORMAT = flags.DEFINE_enum("format", "tfrecord", ["tfrecord", "benchmark"],
+                            "tfrecord: training shards; benchmark: HR/ + LR_bicubic/X<scale>/ "
+                            "PNGs.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "Number of TFRecord shards.", lower_bound=1)
+_SCALE = flags.DEFINE_integer("scale", 3, "Super-resolution factor.", lower_bound=2)
+_MIN_LR = flags.DEFINE_integer("min_lr_size", 16,
+                               "Skip images whose LR would be smaller than this.", lower_bound=1)
+_ID_PREFIX = flags.DEFINE_string("id_prefix", None, "Image id prefix (default: the source's name).")
+_WORKERS = flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Shards written in parallel.",
+                                lower_bound=1)
+
+flags.register_validator(
+    "source", lambda s: s.partition(":")[0] in ("folder", "benchmark", "tfds", "builtin")
+    and bool(s.partition(":")[2]),
+    message="--source must be folder:PATH, benchmark:PATH, tfds:NAME[:SPLIT], builtin:train or "
+            "builtin:val")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _FORMAT.value == "benchmark":
+        summary = prepare.prepare_benchmark(_SOURCE.value, _OUTPUT.value, _SCALE.value,
+                                            _MIN_LR.value)
+    else:
+        summary = prepare.prepare_records(_SOURCE.value, _OUTPUT.value, _NUM_SHARDS.value,
+                                          _SCALE.value, _MIN_LR.value, _ID_PREFIX.value,
+                                          _WORKERS.value)
+    for item in summary["skipped"]:
+        logging.warning("skipped %s: %s", item["item"], item["reason"])
+    logging.info("%s: %d images written to %s, %d skipped; summary in %s",
+                 summary["source"], summary["num_examples"], _OUTPUT.value, summary["num_skipped"],
+                 os.path.join(_OUTPUT.value, prepare.SUMMARY_FILE))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("skipped", "names")}, indent=1))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
