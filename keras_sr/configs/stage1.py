@@ -1,0 +1,24 @@
+"""Stage 1: the multi-branch student trained with L1 on [0,1] images.
+
+Variants:
+    default: the CPU recipe (T91 + BSD200, LR patch 48, batch 16, Adam 1e-3 with cosine decay), under
+        20 minutes on a 2-core CPU; see the README for the command and the PSNR it reaches.
+    div2k: a longer recipe for DIV2K on a GPU (LR patch 64 as in the paper).
+    smoke: a few steps on tiny patches, for tests and installation checks.
+
+    keras-sr-train --stage=1 --config=default --workdir=runs/stage1 \
+        --train_records='records/train-*.tfrecord' --val_data=../shared/data/Set5
+"""
+from keras_sr.configs.base import TrainConfig, smoke
+
+VARIANTS = ("default", "div2k", "smoke")
+
+
+def get_config(name="default"):
+    config = TrainConfig(stage=1, loss={"name": "l1"})
+    if name == "div2k":
+        return config.replace(lr_patch=64, steps=300_000, learning_rate=5e-4, eval_every=10_000,
+                              checkpoint_every=5_000, log_every=500, shuffle_buffer=1024)
+    if name == "smoke":
+        return smoke(config)
+    return config

@@ -1,0 +1,1 @@
+"""Training: the shared loop (`lib`), per-stage model builders (`stages`) and work-directory I/O."""

@@ -1,0 +1,210 @@
+"""The training loop shared by all three stages.
+
+A stage differs only in how its model is built (`keras_sr.train.stages`) and in its loss; the loop itself
+(distribution, checkpoints and resume, progress, TensorBoard, validation, the NaN guard) is this module.
+"""
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from absl import logging
+
+from keras_sr import evaluate, losses
+from keras_sr.data import pipeline
+from keras_sr.train import stages
+from keras_sr.train import workdir as wd
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def make_strategy(name):
+    """Returns the `tf.distribute` strategy for `--strategy`.
+
+    `mirrored` replicates over all visible GPUs (or the CPU when there are none); `multiworker` reads the
+    cluster from the `TF_CONFIG` environment variable.
+    """
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy=multiworker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"--strategy must be one of {STRATEGIES}, got {name!r}")
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to `final` at `total_steps`."""
+
+    def __init__(self, peak, total_steps, warmup_steps=0, final=0.0):
+        self.peak, self.total_steps = float(peak), int(total_steps)
+        self.warmup_steps, self.final = int(warmup_steps), float(final)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
+        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.final + 0.5 * (self.peak - self.final) * (1.0 + tf.cos(math.pi * progress))
+        return tf.where(step < self.warmup_steps, self.peak * (step + 1.0) / warmup, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps, "final": self.final}
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+def _format_duration(seconds):
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def train(config, workdir, train_records, val_data=None, init_from=None, teacher_records=None,
+          strategy="default", run_info=None):
+    """Runs (or resumes) one training stage.
+
+    Args:
+        config: a `keras_sr.configs.TrainConfig`.
+        workdir: output folder; rerunning with the same folder resumes from its latest checkpoint.
+        train_records: SR TFRecords (folder, file or glob) made by `tools/prepare_data.py`.
+        val_data: optional EDSR-layout folder (HR/, LR_bicubic/X3/) for validation PSNR.
+        init_from: work directory or checkpoint of the previous stage (Stages 2 and 3).
+        teacher_records: optional teacher TFRecords (Stages 2 and 3) for the distillation term.
+        strategy: "default", "mirrored" or "multiworker".
+        run_info: extra JSON-serializable facts (e.g. the resolved flags) written to flags.json.
+
+    Returns:
+        The final metrics dict (also written to WORKDIR/metrics.json).
+    """
+    strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
+    chief = _is_chief(strategy)
+    os.makedirs(workdir, exist_ok=True)
+    config = stages.resolve_model(config, workdir, init_from)
+    if chief:
+        wd.write_json(os.path.join(workdir, wd.FLAGS), run_info or {})
+        wd.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())
+    keras.utils.set_random_seed(config.seed)
+
+    # --- Input pipeline. ---
+    if config.stage >= 2 and not teacher_records:
+        logging.warning("No --teacher_records: Stage %d trains without the distillation term.",
+                        config.stage)
+    dataset = pipeline.make_train_dataset(
+        train_records, lr_patch=config.lr_patch, batch_size=config.batch_size,
+        scale=config.model["scale"], teacher_records=teacher_records,
+        shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    loss_fn = losses.make_loss(config.loss, with_teacher=bool(teacher_records))
+
+    # --- Model, optimizer, checkpoint (resume first, then initialise). ---
+    checkpoint_dir = os.path.join(workdir, wd.CHECKPOINTS)
+    if not chief:  # other workers save to a private folder, as tf.distribute requires
+        checkpoint_dir = os.path.join(workdir, "tmp", f"worker-{strategy.cluster_resolver.task_id}")
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, wd.CHECKPOINTS))
+    with strategy.scope():
+        stage = stages.build(config, init_from=init_from, dataset=dataset, resume=latest is not None)
+        model = stage.model
+        schedule = WarmupCosine(config.learning_rate, config.steps, config.warmup_steps,
+                                config.final_learning_rate)
+        optimizer = keras.optimizers.Adam(schedule)
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.max_checkpoints)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        logging.info("Resumed from %s at step %d.", latest, int(step.numpy()))
+    trainable = model.trainable_variables
+    predictor = evaluate.keras_model_predictor(model) if val_data else None
+    replicas = strategy.num_replicas_in_sync
+
+    # --- Train step. XLA compiles the forward/backward pass; the update stays outside it because
+    # cross-replica gradient aggregation cannot run inside a compiled function. ---
+    @tf.function(jit_compile=config.jit_compile and stage.jit_ok)
+    def forward_backward(batch):
+        with tf.GradientTape() as tape:
+            output = model(batch["lr"], training=True)
+            total, terms = loss_fn(output, batch)
+            # Each replica's loss is a mean over its own part of the global batch; the gradients
+            # of all replicas are summed, so each contributes 1/replicas.
+            replica_loss = total / replicas
+        grads = tape.gradient(replica_loss, trainable)
+        return grads, dict(terms, loss=total)
+
+    def replica_step(batch):
+        grads, terms = forward_backward(batch)
+        optimizer.apply_gradients(zip(grads, trainable))
+        stage.post_update()
+        return terms
+
+    @tf.function
+    def train_step(iterator):
+        terms = strategy.run(replica_step, args=(next(iterator),))
+        step.assign_add(1)
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                for k, v in terms.items()}
+
+    # --- Loop. ---
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if chief else \
+        tf.summary.create_noop_writer()
+    start_step = int(step.numpy())
+    pending, last_log_step, last_log_time = [], start_step, time.time()
+    start_time = time.time()
+    metrics = {"loss_history": []}
+    logging.info("Stage %d: steps %d -> %d, global batch %d over %d replica(s), LR patch %d.",
+                 config.stage, start_step, config.steps, config.batch_size, replicas, config.lr_patch)
+    while int(step.numpy()) < config.steps:
+        current = int(step.numpy()) + 1
+        stage.on_step(current)
+        pending.append(train_step(iterator))
+        last = current == config.steps
+        if current % config.log_every == 0 or last:
+            means = {k: float(np.mean([p[k].numpy() for p in pending])) for k in pending[0]}
+            if not all(math.isfinite(v) for v in means.values()):
+                raise FloatingPointError(f"non-finite loss {means} between steps {last_log_step + 1} "
+                                         f"and {current}")
+            now = time.time()
+            rate = (current - last_log_step) / max(now - last_log_time, 1e-9)
+            eta = (config.steps - current) / rate if rate > 0 else float("inf")
+            lr = float(schedule(current))
+            logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s | ETA %s", current, config.steps,
+                         " ".join(f"{k} {v:.5f}" for k, v in sorted(means.items())), lr, rate,
+                         _format_duration(eta))
+            with writer.as_default(step=current):
+                for k, v in means.items():
+                    tf.summary.scalar(f"train/{k}", v)
+                tf.summary.scalar("train/learning_rate", lr)
+                tf.summary.scalar("train/steps_per_second", rate)
+            metrics.update({f"train_{k}": v for k, v in means.items()}, steps_per_second=rate)
+            metrics["loss_history"].append(means["loss"])
+            pending, last_log_step, last_log_time = [], current, now
+        if val_data and (current % config.eval_every == 0 or last):
+            scores = evaluate.evaluate_benchmark(predictor, val_data, config.model["scale"])
+            logging.info("step %d validation on %s: PSNR-Y %.3f dB, SSIM-Y %.4f, PSNR-RGB %.3f dB",
+                         current, val_data, scores["psnr_y"], scores["ssim_y"], scores["psnr_rgb"])
+            with writer.as_default(step=current):
+                for k in ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb"):
+                    tf.summary.scalar(f"val/{k}", scores[k])
+            metrics.update({f"val_{k}": scores[k] for k in ("psnr_y", "ssim_y", "psnr_rgb",
+                                                             "ssim_rgb")})
+        if current % config.checkpoint_every == 0 or last:
+            manager.save(checkpoint_number=current)
+    writer.flush()
+    metrics.update(step=int(step.numpy()), wall_seconds=time.time() - start_time,
+                   parameters=int(model.count_params()))
+    if chief:
+        wd.write_json(os.path.join(workdir, wd.METRICS), metrics)
+    return metrics

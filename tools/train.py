@@ -1,0 +1,51 @@
+"""Trains one stage of keras-sr (1: L1, 2: teacher-guided fidelity, 3: fused-graph QAT).
+
+    keras-sr-train --stage=1 --config=default --workdir=runs/stage1 \
+        --train_records=records/train --val_data=../shared/data/Set5
+
+Rerunning with the same --workdir resumes from its latest checkpoint. `--config=smoke` checks an
+installation in well under a minute.
+"""
+from absl import app, flags, logging
+
+import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from keras_sr import configs
+from keras_sr.train import lib
+
+_STAGE = flags.DEFINE_enum("stage", "1", ["1", "2", "3"], "Training stage.")
+_CONFIG = flags.DEFINE_string("config", "default", "Config variant of the stage (default, smoke, ...).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; rerun to resume.", required=True)
+_TRAIN = flags.DEFINE_string("train_records", None, "SR TFRecords: folder, file or glob.",
+                             required=True)
+_VAL = flags.DEFINE_string("val_data", None, "EDSR-layout folder (HR/, LR_bicubic/X3/) to validate on.")
+_INIT = flags.DEFINE_string("init_from", None, "Work directory or checkpoint of the previous stage.")
+_TEACHER = flags.DEFINE_string("teacher_records", None, "Teacher TFRecords (Stages 2 and 3).")
+_STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.distribute strategy.")
+_STEPS = flags.DEFINE_integer("steps", None, "Override the config's number of steps.")
+_BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
+_LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak learning rate.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = configs.get_config(int(_STAGE.value), _CONFIG.value)
+    overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value}
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    run_info = {name: flags.FLAGS[name].value for name in flags.FLAGS if name in _OWN_FLAGS}
+    metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,
+                        init_from=_INIT.value, teacher_records=_TEACHER.value,
+                        strategy=_STRATEGY.value, run_info=run_info)
+    logging.info("Done: %s", metrics)
+
+
+_OWN_FLAGS = ("stage", "config", "workdir", "train_records", "val_data", "init_from",
+              "teacher_records", "strategy", "steps", "batch_size", "learning_rate")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
