@@ -8,14 +8,15 @@ import tf_keras as keras
 from keras_sr import models
 
 
-def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5, jit_compile=True):
+def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5,
+                           jit_compile=False):
     """Adam + L1 steps per second of `model` on random [0,1] batches (data loading excluded).
 
     Args:
         model: a student (any form); its weights are changed by the measurement.
         batch_size, lr_patch: batch shape (B, lr_patch, lr_patch, 3).
         steps: timed steps, after `warmup` untimed ones (which include tracing).
-        jit_compile: XLA-compile the forward/backward pass, as the trainer does.
+        jit_compile: XLA-compile the forward/backward pass (`TrainConfig.jit_compile`).
     """
     scale = model.output_shape[1] // model.input_shape[1] if model.input_shape[1] else 3
     rng = np.random.default_rng(0)

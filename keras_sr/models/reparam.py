@@ -1,0 +1,46 @@
+"""Re-parameterization: training-form student -> deploy-form student, by rebuilding.
+
+The deploy model is built from the training model's config, with every `MobileOneConv2D` replaced by
+the plain layer it folds into (`MobileOneConv2D.fused_layer`), and gets fused weights; every other
+layer keeps its weights. The input model is never modified.
+"""
+import numpy as np
+import tf_keras as keras
+
+from keras_sr.models.blocks import MobileOneConv2D
+
+
+def reparameterize(model):
+    """Returns a new deploy-form copy of a functional model, with every `MobileOneConv2D` fused.
+
+    Layer names are kept. At `training=False` the copy computes the same function as `model` (up to
+    float32 rounding: the folding itself runs in float64). A model without `MobileOneConv2D` layers
+    (e.g. one that is already fused) comes back as an equal copy.
+
+    Args:
+        model: a functional `keras.Model`, e.g. from `build_student`.
+
+    Returns:
+        A new functional `keras.Model` with the same inputs, outputs and layer names.
+
+    Raises:
+        ValueError: if `model` is not a functional Keras model.
+    """
+    if not isinstance(model, keras.Model) or not getattr(model, "_is_graph_network", False):
+        raise ValueError(f"reparameterize needs a functional tf_keras Model, got "
+                         f"{type(model).__module__}.{type(model).__name__}")
+    config = model.get_config()
+    for layer_config in config["layers"]:
+        layer = model.get_layer(layer_config["name"])
+        if isinstance(layer, MobileOneConv2D):
+            layer_config.update(keras.layers.serialize(layer.fused_layer()))
+    fused = keras.Model.from_config(config)
+    for layer in fused.layers:
+        source = model.get_layer(layer.name)
+        if isinstance(source, MobileOneConv2D):
+            weights = source.fused_weights()
+        else:
+            weights = source.get_weights()
+        layer.set_weights(
+            [np.asarray(w, v.dtype.as_numpy_dtype) for w, v in zip(weights, layer.weights)])
+    return fused

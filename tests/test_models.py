@@ -1,0 +1,244 @@
+"""Student network: exact re-parameterization, deploy graph, serialization and argument checks."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from keras_sr.models import (
+    BLOCK_TYPES,
+    MobileOneConv2D,
+    build_student,
+    fused_conv,
+    reparameterize,
+    student_config,
+)
+
+# float32 rounding of a fused vs a branchy forward pass stays far below this (about 4e-7 measured);
+# a folding error (a wrong mean, variance, epsilon, channel order or centre tap) is far above it.
+FUSED_ATOL = 1e-5
+
+
+def randomize_batch_norms(model, seed=0):
+    """Sets every BN's gamma, beta, moving mean and (positive) moving variance to random values.
+
+    At Keras' defaults (mean 0, variance 1, gamma 1, beta 0) a fold that mishandles the statistics
+    would still pass. Gammas are kept below 1 so that activations stay O(1) through the summed
+    branches and the absolute tolerance means the same thing for every depth.
+    """
+    rng = np.random.default_rng(seed)
+    bns = [m for m in model.submodules if isinstance(m, keras.layers.BatchNormalization)]
+    for bn in bns:
+        n = bn.gamma.shape[0]
+        bn.gamma.assign(rng.uniform(0.2, 0.6, n) * rng.choice([-1.0, 1.0], n))
+        bn.beta.assign(rng.normal(0.0, 0.1, n))
+        bn.moving_mean.assign(rng.normal(0.0, 0.3, n))
+        bn.moving_variance.assign(rng.uniform(0.3, 3.0, n))
+    return len(bns)
+
+
+def random_images(shape=(1, 12, 12, 3), seed=0):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("filters, in_channels, kernel_size, num_branches, depthwise", [
+    (8, 8, 3, 4, False),   # MobileOne: k 3x3, 1x1, identity
+    (8, 8, 3, 1, False),   # RepVGG
+    (12, 8, 3, 2, False),  # in != out: no identity branch
+    (8, 8, 5, 2, False),   # 1x1 on the centre tap of a 5x5
+    (8, 8, 1, 3, False),   # pointwise: no scale branch
+    (8, 8, 3, 3, True),    # depthwise, multiplier layout c * k + j
+    (8, 8, 1, 2, True),
+])
+def test_layer_fuses_exactly(filters, in_channels, kernel_size, num_branches, depthwise):
+    layer = MobileOneConv2D(filters, kernel_size, num_branches=num_branches, depthwise=depthwise,
+                            activation=None)  # linear, so no ReLU hides negative errors
+    x = np.random.default_rng(1).normal(0.0, 1.0, (2, 7, 9, in_channels)).astype(np.float32)
+    layer(x)
+    identity = in_channels == filters
+    assert randomize_batch_norms(layer) == 1 + (kernel_size > 1) + identity
+
+    kernel, bias = layer.fused_weights()
+    assert kernel.dtype == bias.dtype == np.float64
+    fused = fused_conv(filters, kernel_size, depthwise=depthwise, activation=None)
+    fused.build(x.shape)
+    fused.set_weights([kernel, bias])
+    expected = layer(x, training=False).numpy()
+    assert np.abs(expected).max() > 0.1
+    error = np.abs(fused(x).numpy() - expected).max()
+    assert error < FUSED_ATOL, f"fused vs branchy max abs error {error:.3g} >= {FUSED_ATOL}"
+
+    per_out = 1 if depthwise else in_channels
+    branch_params = num_branches * (kernel_size**2 * per_out + 2) * filters
+    scale_params = (per_out + 2) * filters if kernel_size > 1 else 0
+    assert layer.count_params() - sum(np.prod(w.shape) for w in layer.non_trainable_weights) == (
+        branch_params + scale_params + 2 * filters * identity)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_training_forward_is_separate_branches(depthwise):
+    """With batch statistics, the grouped conv + BN equals k separately normalized branches."""
+    k, c = 3, 6
+    layer = MobileOneConv2D(c, 3, num_branches=k, depthwise=depthwise, activation=None)
+    x = tf.constant(np.random.default_rng(2).normal(0.0, 1.0, (4, 5, 6, c)), tf.float32)
+    layer(x)
+    randomize_batch_norms(layer)
+
+    def batch_norm(z, bn, channels):
+        mean, variance = tf.nn.moments(z, axes=[0, 1, 2])
+        gamma, beta = (tf.gather(v, channels) for v in (bn.gamma, bn.beta))
+        return (z - mean) * tf.math.rsqrt(variance + bn.epsilon) * gamma + beta
+
+    kernel = (layer.conv_kxk.depthwise_kernel if depthwise else layer.conv_kxk.kernel).numpy()
+    expected = 0.0
+    for j in range(k):
+        if depthwise:
+            z = tf.nn.depthwise_conv2d(x, kernel[..., j:j + 1], [1, 1, 1, 1], "SAME")
+            channels = np.arange(c) * k + j
+        else:
+            channels = np.arange(c) + j * c
+            z = tf.nn.conv2d(x, kernel[..., channels], 1, "SAME")
+        expected += batch_norm(z, layer.bn_kxk, channels)
+    expected += batch_norm(layer.conv_scale(x), layer.bn_scale, np.arange(c))
+    expected += batch_norm(x, layer.bn_identity, np.arange(c))
+    np.testing.assert_allclose(layer(x, training=True), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_type, channels, num_blocks, num_branches", [
+    ("mobileone", 32, 8, 4),
+    ("mobileone", 8, 2, 1),
+    ("mobileone", 12, 3, 2),
+    ("repconv", 8, 3, 4),
+    ("repdw", 8, 2, 3),
+    ("repdw", 16, 3, 1),
+    ("plain", 8, 2, 4),
+])
+def test_student_fuses_exactly(block_type, channels, num_blocks, num_branches):
+    kwargs = dict(block_type=block_type, channels=channels, num_blocks=num_blocks,
+                  num_branches=num_branches)
+    model = build_student(**kwargs)
+    randomize_batch_norms(model)
+    fused = reparameterize(model)
+    assert fused.get_config() == build_student(reparameterized=True, **kwargs).get_config()
+    assert not any(isinstance(m, keras.layers.BatchNormalization) for m in fused.submodules)
+
+    x = random_images()
+    expected = model(x, training=False).numpy()
+    assert expected.shape == (1, 36, 36, 3)
+    assert np.abs(expected).max() > 0.05
+    error = np.abs(fused(x).numpy() - expected).max()
+    assert error < FUSED_ATOL, f"fused vs branchy max abs error {error:.3g} >= {FUSED_ATOL}"
+
+
+def test_default_deploy_graph():
+    model = build_student(reparameterized=True)
+    assert model.count_params() == 82_683
+    assert {type(layer).__name__ for layer in model.layers} == {
+        "InputLayer", "Conv2D", "Add", "DepthToSpace"}
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [layer.name for layer in convs] == ["stem"] + [f"block_{i}" for i in range(8)] + ["tail"]
+    assert [layer.activation.__name__ for layer in convs] == ["relu"] * 9 + ["linear"]
+    skip, = [layer for layer in model.get_config()["layers"] if layer["name"] == "skip"]
+    assert {inbound[0] for inbound in skip["inbound_nodes"][0]} == {"stem", "block_7"}
+    # Any H and W: the output is the tail's channels rearranged x3.
+    x = random_images((2, 5, 7, 3))
+    tail = keras.Model(model.input, model.get_layer("tail").output)(x)
+    np.testing.assert_array_equal(model(x), tf.nn.depth_to_space(tail, 3))
+
+
+def test_reparameterize_never_edits_its_input():
+    model = build_student(num_blocks=2, channels=8)
+    randomize_batch_norms(model)
+    before = [w.copy() for w in model.get_weights()]
+    config = model.get_config()
+    fused = reparameterize(model)
+    assert fused is not model
+    assert model.get_config() == config
+    after = model.get_weights()
+    assert len(after) == len(before)
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+    # The copies are independent variables: changing the fused model leaves the input alone.
+    fused.get_layer("stem").kernel.assign_add(tf.ones_like(fused.get_layer("stem").kernel))
+    np.testing.assert_array_equal(model.get_layer("stem").kernel.numpy(), before[0])
+
+
+def test_reparameterize_deploy_model_returns_equal_copy():
+    model = build_student(reparameterized=True, num_blocks=2, channels=8)
+    again = reparameterize(model)
+    assert again.get_config() == model.get_config()
+    for a, b in zip(again.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = random_images()
+    np.testing.assert_array_equal(again(x), model(x))
+
+
+@pytest.mark.parametrize("block_type", sorted(BLOCK_TYPES))
+def test_config_round_trip(block_type):
+    model = build_student(block_type=block_type, channels=8, num_blocks=2, num_branches=2)
+    randomize_batch_norms(model)
+    x = random_images()
+    expected = model(x, training=False).numpy()
+
+    clone = keras.Model.from_config(model.get_config())
+    clone.set_weights(model.get_weights())
+    np.testing.assert_array_equal(clone(x, training=False), expected)
+
+    for form in (model, reparameterize(model)):
+        kwargs = json.loads(json.dumps(student_config(form)))
+        assert kwargs["reparameterized"] == (form is not model or block_type == "plain")
+        assert build_student(**kwargs).get_config() == form.get_config()
+
+
+def test_checkpoint_restores_into_a_fresh_build(tmp_path):
+    model = build_student(channels=8, num_blocks=2, num_branches=3)
+    randomize_batch_norms(model)
+    path = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt"))
+    fresh = build_student(channels=8, num_blocks=2, num_branches=3)
+    tf.train.Checkpoint(model=fresh).read(path).assert_existing_objects_matched()
+    x = random_images()
+    np.testing.assert_array_equal(fresh(x, training=False), model(x, training=False))
+
+
+def test_layer_config_round_trip():
+    layer = MobileOneConv2D(8, 3, num_branches=3, depthwise=True, name="block_0_dw")
+    config = layer.get_config()
+    again = keras.layers.deserialize(keras.layers.serialize(layer))
+    assert type(again) is MobileOneConv2D
+    assert again.get_config() == config
+    assert config["activation"] == "relu" and config["num_branches"] == 3 and config["depthwise"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(block_type="mobilenet"), "block_type must be one of"),
+    (dict(channels=0), "channels must be a positive int"),
+    (dict(num_blocks=2.0), "num_blocks must be a positive int"),
+    (dict(num_branches=-1), "num_branches must be a positive int"),
+    (dict(scale=True), "scale must be a positive int"),
+    (dict(reparameterized="yes"), "reparameterized must be a bool"),
+    (dict(name=""), "name must be a non-empty str"),
+])
+def test_build_student_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_student(**kwargs)
+
+
+def test_bad_layer_and_model_arguments_raise():
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        MobileOneConv2D(8, 2)
+    with pytest.raises(ValueError, match="filters == input channels"):
+        MobileOneConv2D(16, 3, depthwise=True)(np.zeros((1, 4, 4, 8), np.float32))
+    with pytest.raises(ValueError, match="needs a built layer"):
+        MobileOneConv2D(8).fused_weights()
+
+    class Subclassed(keras.Model):
+        def call(self, inputs):
+            return inputs
+
+    with pytest.raises(ValueError, match="needs a functional tf_keras Model"):
+        reparameterize(Subclassed())
+    inputs = keras.Input((None, None, 3))
+    not_student = keras.Model(inputs, keras.layers.Conv2D(3, 3, name="stem")(inputs))
+    with pytest.raises(ValueError, match="is not a keras_sr student"):
+        student_config(not_student)
