@@ -104,7 +104,11 @@ class FolderSource(_FileSource):
         if not os.path.isdir(path):
             raise FileNotFoundError(f"folder source {path!r} is not a directory")
         self.spec = f"folder:{path}"
-        self.default_prefix = os.path.basename(os.path.normpath(path))
+        # Ids must stay unique across data sets trained together: DATASET/HR is named after DATASET.
+        folder = os.path.normpath(path)
+        if os.path.basename(folder).lower() == "hr":
+            folder = os.path.dirname(folder)
+        self.default_prefix = os.path.basename(folder)
         files = sorted(os.path.join(path, f) for f in os.listdir(path)
                        if os.path.isfile(os.path.join(path, f)))
         for f in files:

@@ -1,0 +1,153 @@
+"""QuantizeConfigs of the fused student's three layer kinds (Conv2D, Add, DepthToSpace).
+
+- `ConvQuantizeConfig`: per-channel symmetric int8 kernel, bias rounded to the converter's int32
+  grid, and either the activation quantized after the fused ReLU, or (tail) a pinned output range
+  that is the [0, 1] clip. A separate ReLU layer would make tfmot drop the kernel fake-quant; the
+  fused activation is required (tfmot_qat.md section 3).
+- `AddQuantizeConfig`: the sum is quantized (the TFLite ADD has its own output scale).
+- `NoOpQuantizeConfig`: depth-to-space only moves values; the converter carries the tail's scale
+  through it.
+
+Each config owns its quantizer instances, so after `quantize_apply` the range variables of every
+tensor are reachable from `wrapper.quantize_config` (see `output_vars`).
+"""
+import tensorflow_model_optimization as tfmot
+import tf_keras as keras
+
+from keras_sr.quant import quantizers as qz
+
+_QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class ConvQuantizeConfig(_QuantizeConfig):
+    """Conv2D with bias: int8 weights, int32-rounded bias, quantized (fused-activation) output.
+
+    Args:
+        per_axis: per-output-channel weight ranges.
+        ema_decay: initial moving-average decay of the output range.
+        output_range: None for a hidden conv (ReLU fused, moving-average output range), or a fixed
+            (min, max) for a linear output conv, whose fake-quant is then also the clip.
+        bias_rounding: emulate the converter's int32 bias rounding.
+    """
+
+    def __init__(self, per_axis=True, ema_decay=0.999, output_range=None, bias_rounding=True):
+        self.per_axis = bool(per_axis)
+        self.ema_decay = float(ema_decay)
+        self.output_range = None if output_range is None else tuple(float(v) for v in output_range)
+        self.bias_rounding = bool(bias_rounding)
+        self.kernel_quantizer = qz.WeightQuantizer(per_axis=self.per_axis)
+        self.bias_quantizer = qz.BiasQuantizer() if self.bias_rounding else None
+        if self.output_range is None:
+            self.activation_quantizer = qz.ActivationQuantizer(ema_decay=self.ema_decay)
+            self.output_quantizer = None
+        else:
+            self.activation_quantizer = None
+            self.output_quantizer = qz.PinnedRangeQuantizer(*self.output_range)
+
+    def _check(self, layer):
+        if not isinstance(layer, keras.layers.Conv2D) or not layer.use_bias:
+            raise ValueError(f"{layer.name}: ConvQuantizeConfig needs a Conv2D with a bias")
+        activation = keras.activations.serialize(layer.activation)
+        expected = "linear" if self.output_range is not None else "relu"
+        if activation != expected:
+            raise ValueError(f"{layer.name}: expected activation {expected!r}, got "
+                             f"{activation!r} (a hidden conv needs a fused ReLU; the output conv "
+                             "must be linear)")
+
+    def get_weights_and_quantizers(self, layer):
+        self._check(layer)
+        pairs = [(layer.kernel, self.kernel_quantizer)]
+        if self.bias_quantizer is not None:
+            pairs.append((layer.bias, self.bias_quantizer))
+        return pairs
+
+    def get_activations_and_quantizers(self, layer):
+        if self.activation_quantizer is None:
+            return []
+        return [(layer.activation, self.activation_quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.kernel = quantize_weights[0]
+        if self.bias_quantizer is not None:
+            layer.bias = quantize_weights[1]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        if quantize_activations:
+            layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        return [] if self.output_quantizer is None else [self.output_quantizer]
+
+    def output_vars(self):
+        """Range variables (min_var, max_var, ...) of the layer's output tensor."""
+        quantizer = self.activation_quantizer or self.output_quantizer
+        return quantizer.built_vars[0]
+
+    def get_config(self):
+        return {"per_axis": self.per_axis, "ema_decay": self.ema_decay,
+                "output_range": None if self.output_range is None else list(self.output_range),
+                "bias_rounding": self.bias_rounding}
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class AddQuantizeConfig(_QuantizeConfig):
+    """Add: only the sum is quantized, with a freezable moving-average range.
+
+    Args:
+        ema_decay: initial moving-average decay of the output range.
+    """
+
+    def __init__(self, ema_decay=0.999):
+        self.ema_decay = float(ema_decay)
+        self.output_quantizer = qz.ActivationQuantizer(ema_decay=self.ema_decay)
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [self.output_quantizer]
+
+    def output_vars(self):
+        return self.output_quantizer.built_vars[0]
+
+    def get_config(self):
+        return {"ema_decay": self.ema_decay}
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class NoOpQuantizeConfig(_QuantizeConfig):
+    """Leaves a weightless layer (depth-to-space) without any fake-quant."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+def custom_objects():
+    """Configs and quantizers by registered name, for `quantize_scope`."""
+    classes = (ConvQuantizeConfig, AddQuantizeConfig, NoOpQuantizeConfig)
+    return {**qz.custom_objects(), **{keras.utils.get_registered_name(c): c for c in classes}}

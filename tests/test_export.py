@@ -1,0 +1,194 @@
+"""TFLite export: fully-int8 graph, parity with the Keras QAT model, FP32 export, tiling, files.
+
+Parity is measured with LiteRT's default XNNPACK kernels (other kernel sets differ by design,
+tfmot_qat.md section 7).
+"""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from ai_edge_litert import interpreter as litert
+
+from keras_sr import quant
+from keras_sr.export import tflite_lib, tflite_runner
+from test_qat import fused_student, qat_run, synthetic_pair  # noqa: F401  (shared session fixture)
+
+SHAPE = (1, 48, 64, 3)
+PARAMETERS = 82_683  # 3x3 convs 3->32, 8 x 32->32, 32->27, with biases
+
+
+def _lr_images(seed, count, height, width):
+    pairs = [synthetic_pair(np.random.default_rng(seed + i), batch=1, size=max(height, width))
+             for i in range(count)]
+    return [np.round(lr[0, :height, :width] * 255).astype(np.uint8) for lr, _ in pairs]
+
+
+@pytest.fixture(scope="session")
+def int8_blob(qat_run):  # noqa: F811
+    return tflite_lib.convert_qat(qat_run.q_model, SHAPE)
+
+
+def test_int8_graph_is_fully_integer(int8_blob):
+    info = tflite_lib.describe(int8_blob)
+    assert info["ops"] == (["QUANTIZE"] + ["CONV_2D"] * 9 + ["ADD", "CONV_2D", "DEPTH_TO_SPACE"]
+                           + ["QUANTIZE"]), info["ops"]
+    assert set(info["tensor_dtypes"].values()) == {"uint8", "int8", "int32"}
+    assert info["parameters"] == PARAMETERS
+    for side, shape in (("inputs", [1, 48, 64, 3]), ("outputs", [1, 144, 192, 3])):
+        (tensor,) = info[side]
+        assert tensor["shape"] == shape and tensor["dtype"] == "uint8"
+        assert tensor["scale"] == pytest.approx(1 / 255, rel=1e-6) and tensor["zero_point"] == 0
+
+
+def test_biases_match_the_converters_int32_grid(qat_run, int8_blob):  # noqa: F811
+    """The fake-quant bias of every conv equals the int32 bias the converter stored."""
+    interpreter = litert.Interpreter(
+        model_content=int8_blob,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
+    wrappers = quant.qat.conv_wrappers(qat_run.q_model)
+    assert len(convs) == len(wrappers)
+    for op, wrapper in zip(convs, wrappers):
+        bias_index = op["inputs"][2]
+        stored = interpreter.get_tensor(bias_index).astype(np.float64)
+        scales = tensors[bias_index]["quantization_parameters"]["scales"]
+        _, bias = quant.qat.latent_conv_weights(wrapper)
+        emulated = wrapper.quantize_config.bias_quantizer(bias, False, {}).numpy()
+        np.testing.assert_allclose(emulated, stored * scales, rtol=1e-6, atol=1e-9,
+                                   err_msg=wrapper.name)
+
+
+def test_int8_tflite_matches_keras_qat(qat_run, int8_blob):  # noqa: F811
+    predictor = tflite_runner.TFLitePredictor(int8_blob, num_threads=2)
+    images = [(f"synthetic{i}", lr) for i, lr in enumerate(_lr_images(10, 3, *SHAPE[1:3]))]
+    report = tflite_lib.parity_report(qat_run.q_model, predictor, images)
+    overall = report["overall"]
+    print("INT8 TFLite (XNNPACK) vs Keras QAT:", overall)
+    assert overall["within_1"] >= tflite_lib.PARITY_MIN_WITHIN_1, overall
+    assert overall["max_diff"] <= tflite_lib.PARITY_MAX_DIFF, overall
+    assert overall["ok"]
+
+
+def test_int8_io_option(qat_run):  # noqa: F811
+    info = tflite_lib.describe(tflite_lib.convert_qat(qat_run.q_model, (1, 16, 24, 3), io="int8"))
+    assert "QUANTIZE" not in info["ops"]
+    for tensor in info["inputs"] + info["outputs"]:
+        assert tensor["dtype"] == "int8" and tensor["zero_point"] == -128
+        assert tensor["scale"] == pytest.approx(1 / 255, rel=1e-6)
+
+
+@pytest.fixture(scope="session")
+def float_export(qat_run):  # noqa: F811
+    twin = quant.float_twin(qat_run.q_model, fused_student())
+    return twin, tflite_lib.convert_float(twin, SHAPE)
+
+
+def test_float_export_matches_keras(qat_run, float_export):  # noqa: F811
+    twin, blob = float_export
+    for wrapper in quant.qat.conv_wrappers(qat_run.q_model):
+        for latent, copied in zip(quant.qat.latent_conv_weights(wrapper),
+                                  twin.get_layer(wrapper.layer.name).weights):
+            np.testing.assert_array_equal(latent.numpy(), copied.numpy())
+    x = np.random.default_rng(5).uniform(0, 1, SHAPE).astype(np.float32)
+    interpreter = litert.Interpreter(model_content=blob, num_threads=2)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, twin(x, training=False).numpy(), atol=2e-5, rtol=1e-5)
+
+
+def test_check_int8_rejects_a_float_model(float_export):
+    _, blob = float_export
+    with pytest.raises(ValueError, match=r"not fully int8.*non-integer tensors.*Ops: CONV_2D"):
+        tflite_lib.check_int8(blob)
+
+
+@pytest.mark.parametrize("size,tile,margin", [(10, 48, 12), (48, 48, 12), (49, 48, 12),
+                                              (150, 48, 12), (1000, 360, 12), (64, 30, 10)])
+def test_tile_spans_cover_the_image_with_clean_cores(size, tile, margin):
+    spans = tflite_runner._spans(size, tile, margin)
+    assert spans[0][1] == 0 and spans[-1][2] == size
+    for (start, begin, end), following in zip(spans, spans[1:] + [None]):
+        assert 0 <= start and (start + tile <= size or size <= tile) and begin < end
+        assert begin == 0 or begin >= start + margin
+        assert end == size or end <= start + tile - margin
+        if following:
+            assert following[1] == end
+
+
+def test_tiled_run_equals_whole_image_run(qat_run, int8_blob):  # noqa: F811
+    tiled = tflite_runner.TFLitePredictor(int8_blob, num_threads=2)
+    assert tiled.tile_shape == (48, 64) and tiled.margin == 12  # receptive radius 10, plus 2
+    whole = tflite_runner.TFLitePredictor(
+        tflite_lib.convert_qat(qat_run.q_model, (1, None, None, 3)), num_threads=2)
+    assert whole.dynamic
+    (big,) = _lr_images(20, 1, 100, 150)  # 3 x 4 tiles
+    np.testing.assert_array_equal(tiled(big), whole(big))
+    # An image smaller than the tile is reflect-padded at its far edges; pixels beyond the receptive
+    # radius from those edges are exact.
+    (small,) = _lr_images(21, 1, 30, 40)
+    keep = (30 - 10) * 3, (40 - 10) * 3
+    np.testing.assert_array_equal(tiled(small)[:keep[0], :keep[1]],
+                                  whole(small)[:keep[0], :keep[1]])
+
+
+def test_ptq_export_is_fully_integer_and_close_to_float(qat_run, float_export):  # noqa: F811
+    twin, _ = float_export
+    samples = [lr[None].astype(np.float32) / 255 for lr in _lr_images(30, 4, *SHAPE[1:3])]
+    blob = tflite_lib.convert_ptq(twin, samples, SHAPE)
+    assert set(tflite_lib.describe(blob)["ops"]) == tflite_lib.INT8_OPS
+    (lr,) = _lr_images(40, 1, *SHAPE[1:3])
+    reference = tflite_lib.keras_uint8(twin, lr)
+    stats = tflite_lib.parity_stats(reference, tflite_runner.TFLitePredictor(blob)(lr))
+    assert stats["psnr"] > 30.0, stats
+
+
+def test_write_export_files(qat_run, int8_blob, tmp_path):  # noqa: F811
+    output = tmp_path / "out" / "student.tflite"
+    summary = tflite_lib.write_export(int8_blob, str(output), qat_run.q_model, {"note": "test"})
+    assert output.read_bytes() == int8_blob
+    written = json.loads((tmp_path / "out" / "student.json").read_text())
+    assert written == json.loads(json.dumps(summary))
+    assert written["parameters"] == PARAMETERS and written["note"] == "test"
+    assert written["inputs"][0]["zero_point"] == 0
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
+
+    loaded = tf.saved_model.load(str(tmp_path / "out" / "student.savedmodel"))
+    flags = [v for v in loaded.variables_ if v.dtype == tf.bool]
+    # 10 weight flags (convs), 10 activation flags (9 ReLU outputs, the Add); phase C: all frozen.
+    assert len(flags) == 20 and all(bool(v.numpy()) for v in flags)
+    x = qat_run.pairs[0][0]
+    served = loaded.signatures["serving_default"](lr=tf.constant(x))["sr"].numpy()
+    np.testing.assert_array_equal(served, qat_run.q_model(x, training=False).numpy())
+    # Writing again replaces the previous export.
+    tflite_lib.write_export(int8_blob, str(output), qat_run.q_model)
+    assert "note" not in json.loads((tmp_path / "out" / "student.json").read_text())
+
+
+def test_load_qat_model_and_export_workdir(qat_run, int8_blob, tmp_path):  # noqa: F811
+    """A Stage-3 work directory (config.json + checkpoints/) round-trips through export_workdir."""
+    from keras_sr.configs import base
+    from keras_sr.train import workdir as wd
+
+    workdir = tmp_path / "stage3"
+    config = base.TrainConfig(stage=3, qat=quant.QATConfig(phase_a=0.4).to_dict())
+    wd.write_json(str(workdir / wd.CONFIG), config.to_dict())
+    checkpoint = tf.train.Checkpoint(model=qat_run.q_model, optimizer=qat_run.optimizer,
+                                     step=tf.Variable(30, dtype=tf.int64))
+    tf.train.CheckpointManager(checkpoint, str(workdir / wd.CHECKPOINTS), 1).save()
+
+    loaded = quant.load_qat_model(str(workdir))
+    x = qat_run.pairs[2][0]
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(),
+                                  qat_run.q_model(x, training=False).numpy())
+    output = tmp_path / "export" / "m.tflite"
+    summary = tflite_lib.export_workdir(str(workdir), str(output), SHAPE)
+    # The same model as converted in memory (the bytes differ only in generated tensor names).
+    (lr,) = _lr_images(50, 1, *SHAPE[1:3])
+    np.testing.assert_array_equal(tflite_runner.TFLitePredictor(str(output))(lr),
+                                  tflite_runner.TFLitePredictor(int8_blob)(lr))
+    assert summary["stage"] == 3 and summary["kind"] == "int8"

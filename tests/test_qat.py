@@ -1,0 +1,305 @@
+"""Stage-3 QAT library: BN recalibration, calibration, curriculum freezing, clipping, checkpoints.
+
+The session fixture `qat_run` (also used by test_export.py) builds the fused student's QAT model,
+calibrates it and trains it for a few steps of each phase on tiny synthetic images.
+"""
+import os
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from keras_sr import models, quant
+from keras_sr.models.depth_to_space import DepthToSpace
+
+TOTAL_STEPS = 30
+QAT_CONFIG = quant.QATConfig(phase_a=0.4, phase_b=0.3, calibration_batches=4)
+
+
+def fused_student(channels=32, num_blocks=8):
+    """The deploy-form student (82,683 parameters at the defaults)."""
+    return models.build_student(reparameterized=True, channels=channels, num_blocks=num_blocks)
+
+
+def synthetic_pair(rng, batch=4, size=16, scale=3):
+    """Smooth random RGB images: (LR on the 1/255 grid, HR) float32 in [0, 1]."""
+    noise = rng.uniform(0.0, 1.0, (batch, size // 4 + 2, size // 4 + 2, 3)).astype(np.float32)
+    hr = tf.clip_by_value(tf.image.resize(noise, (size * scale, size * scale), "bicubic"), 0, 1)
+    lr = tf.nn.avg_pool2d(hr, scale, scale, "VALID").numpy()
+    return np.round(lr * 255.0) / 255.0, hr.numpy()
+
+
+def _ranges(q_model, group):
+    return [np.concatenate([np.ravel(v["min_var"].numpy()), np.ravel(v["max_var"].numpy())])
+            for v in quant.qat.quantizer_variables(q_model, group)]
+
+
+def _kernels(q_model):
+    return [quant.qat.latent_conv_weights(w)[0].numpy()
+            for w in quant.qat.conv_wrappers(q_model)]
+
+
+def _max_change(before, after):
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(before, after))
+
+
+def make_train_step(q_model, optimizer):
+    @tf.function
+    def train_step(lr, hr):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.abs(q_model(lr, training=True) - hr))
+        grads = tape.gradient(loss, q_model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, q_model.trainable_variables))
+        quant.post_update(q_model)
+        return loss
+
+    return train_step
+
+
+@pytest.fixture(scope="session")
+def qat_run():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    fused = fused_student()
+    q_model = quant.build_qat_model(fused, QAT_CONFIG)
+    pairs = [synthetic_pair(rng) for _ in range(6)]
+    quant.calibrate(q_model, (lr for lr, _ in pairs), QAT_CONFIG)
+    optimizer = keras.optimizers.Adam(2e-3)
+    train_step = make_train_step(q_model, optimizer)
+    snapshots, traces_after_first = {}, None
+    for step in range(1, TOTAL_STEPS + 1):
+        phase = quant.phase_for_step(QAT_CONFIG, step, TOTAL_STEPS)
+        if phase not in snapshots:
+            snapshots[phase] = (_ranges(q_model, "activation"), _ranges(q_model, "weight"),
+                                _kernels(q_model))
+        quant.set_phase(q_model, phase)
+        train_step(*pairs[step % len(pairs)])
+        if traces_after_first is None:
+            traces_after_first = train_step.experimental_get_tracing_count()
+    snapshots["end"] = (_ranges(q_model, "activation"), _ranges(q_model, "weight"),
+                        _kernels(q_model))
+    return types.SimpleNamespace(q_model=q_model, fused=fused, optimizer=optimizer,
+                                 train_step=train_step, pairs=pairs, snapshots=snapshots,
+                                 traces_after_first=traces_after_first)
+
+
+def test_phase_schedule():
+    config = quant.QATConfig(phase_a=0.4, phase_b=0.3)
+    phases = "".join(quant.phase_for_step(config, step, 10) for step in range(1, 11))
+    assert phases == "AAAABBBCCC"
+    assert quant.phase_for_step(quant.QATConfig(phase_a=1.0, phase_b=0.0), 10, 10) == "A"
+
+
+@pytest.mark.parametrize("values", [{"phase_a": 0.8, "phase_b": 0.3}, {"phase_a": -0.1},
+                                    {"kernel_clip": "max"}, {"ema_decay": 1.0},
+                                    {"calibration_batches": 0}, {"phase_c": 0.2}])
+def test_qat_config_rejects_bad_values(values):
+    with pytest.raises(ValueError):
+        quant.QATConfig.from_dict(values)
+
+
+def test_curriculum_freezes_ranges(qat_run):
+    act, weight, kernel = (dict(zip(qat_run.snapshots, parts))
+                           for parts in zip(*qat_run.snapshots.values()))
+    # Phase A: everything moves.
+    assert _max_change(act["A"], act["B"]) > 1e-4
+    assert _max_change(weight["A"], weight["B"]) > 1e-5
+    # Phase B: activation grids frozen exactly, weight ranges follow the weights.
+    assert _max_change(act["B"], act["C"]) == 0.0
+    assert _max_change(weight["B"], weight["C"]) > 1e-5
+    # Phase C: all grids frozen, weights still train.
+    assert _max_change(act["C"], act["end"]) == 0.0
+    assert _max_change(weight["C"], weight["end"]) == 0.0
+    assert _max_change(kernel["C"], kernel["end"]) > 1e-5
+    assert quant.get_phase(qat_run.q_model) == "C"
+    # One compiled step served all phases (the first call traces twice: optimizer slot creation).
+    assert qat_run.train_step.experimental_get_tracing_count() == qat_run.traces_after_first
+
+
+def test_phase_c_keeps_weights_in_frozen_ranges(qat_run):
+    q_model = qat_run.q_model
+    for wrapper in quant.qat.conv_wrappers(q_model):
+        kernel, _ = quant.qat.latent_conv_weights(wrapper)
+        ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
+        k, low, high = kernel.numpy(), ranges["min_var"].numpy(), ranges["max_var"].numpy()
+        assert np.all(k >= low) and np.all(k <= high), wrapper.name
+
+
+def test_post_update_clips_only_frozen_ranges():
+    q_model = quant.build_qat_model(fused_student(channels=4, num_blocks=1), QAT_CONFIG)
+    wrapper = q_model.get_layer("quant_block_0")
+    kernel, _ = quant.qat.latent_conv_weights(wrapper)
+    ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
+    ranges["min_var"].assign(-0.1 * np.ones(4, np.float32))
+    ranges["max_var"].assign(0.1 * np.ones(4, np.float32))
+    outlier = np.zeros(kernel.shape, np.float32)
+    outlier[1, 1, 0, 2], outlier[0, 0, 3, 1] = 0.5, -0.7
+    kernel.assign(outlier)
+    quant.set_phase(q_model, "B")
+    quant.post_update(q_model)
+    np.testing.assert_array_equal(kernel.numpy(), outlier)
+    quant.set_phase(q_model, "C")
+    quant.post_update(q_model)
+    expected = np.clip(outlier, -0.1, 0.1)
+    np.testing.assert_array_equal(kernel.numpy(), expected)
+
+
+def test_calibration_is_the_exact_mean_of_batch_ranges():
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    q_model = quant.build_qat_model(fused_student(channels=8, num_blocks=2), QAT_CONFIG)
+    batches = [synthetic_pair(rng, batch=2)[0] for _ in range(QAT_CONFIG.calibration_batches)]
+    assert quant.calibrate(q_model, batches, QAT_CONFIG) == len(batches)
+
+    # Reference for the stem: int8 weights on the symmetric per-channel grid of the current kernel,
+    # bias on the int32 grid at scale (1/255) * s_w, ReLU, then the mean of the per-batch maxima.
+    wrapper = q_model.get_layer("quant_stem")
+    kernel, bias = (v.numpy().astype(np.float64) for v in quant.qat.latent_conv_weights(wrapper))
+    s_w = np.abs(kernel).max(axis=(0, 1, 2)) / 127.0
+    kernel_q = np.round(kernel / s_w) * s_w
+    bias_q = np.round(bias / (s_w / 255.0)) * (s_w / 255.0)
+    maxima = [tf.nn.relu(tf.nn.conv2d(x.astype(np.float64), kernel_q, 1, "SAME") + bias_q)
+              .numpy().max() for x in batches]
+    stem_range = wrapper.quantize_config.output_vars()
+    assert float(stem_range["min_var"].numpy()) == 0.0
+    np.testing.assert_allclose(stem_range["max_var"].numpy(), np.mean(maxima), rtol=1e-5)
+    # The decay variables are back at their training value.
+    assert all(np.isclose(v["ema_decay"].numpy(), QAT_CONFIG.ema_decay)
+               for v in quant.qat.quantizer_variables(q_model, "activation"))
+
+
+def test_checkpoint_round_trip(qat_run, tmp_path):
+    q_model = qat_run.q_model
+    step = tf.Variable(TOTAL_STEPS, dtype=tf.int64)
+    path = tf.train.Checkpoint(model=q_model, optimizer=qat_run.optimizer, step=step).save(
+        os.fspath(tmp_path / "ckpt"))
+
+    restored = quant.build_qat_model(fused_student(), QAT_CONFIG)  # never called before restoring
+    optimizer = keras.optimizers.Adam(2e-3)
+    restored_step = tf.Variable(0, dtype=tf.int64)
+    status = tf.train.Checkpoint(model=restored, optimizer=optimizer, step=restored_step).read(path)
+    status.expect_partial()  # the save counter is not restored on purpose
+    status.assert_existing_objects_matched()
+    assert int(restored_step) == TOTAL_STEPS
+    assert quant.get_phase(restored) == "C"
+    for saved, loaded in zip(q_model.variables, restored.variables):
+        np.testing.assert_array_equal(saved.numpy(), loaded.numpy(), err_msg=loaded.name)
+    lr = qat_run.pairs[0][0]
+    np.testing.assert_array_equal(q_model(lr, training=False).numpy(),
+                                  restored(lr, training=False).numpy())
+    # Training resumes on the restored model (same compiled-step recipe).
+    loss = make_train_step(restored, optimizer)(*qat_run.pairs[1])
+    assert np.isfinite(float(loss))
+
+
+def test_kernel_outlier_clip_per_channel():
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(0.0, [0.1, 1.0], (3, 3, 16, 2)).astype(np.float32)
+    kernel[1, 1, 0, 0] = 5.0
+    clipped = quant.clip_kernel_outliers(kernel, "std", 3.0)
+    flat = kernel.reshape(-1, 2).astype(np.float64)
+    low, high = flat.mean(0) - 3.0 * flat.std(0), flat.mean(0) + 3.0 * flat.std(0)
+    assert clipped[1, 1, 0, 0] == pytest.approx(high[0], rel=1e-6)
+    np.testing.assert_allclose(clipped, np.clip(kernel, low, high), rtol=1e-6)
+    clipped = quant.clip_kernel_outliers(kernel, "percentile", 99.0)
+    low, high = np.percentile(flat, [1.0, 99.0], axis=0)
+    assert clipped.max(axis=(0, 1, 2)) == pytest.approx(high, rel=1e-6)
+    assert clipped.min(axis=(0, 1, 2)) == pytest.approx(low, rel=1e-6)
+
+
+def test_build_rejects_a_separate_relu_layer():
+    x = keras.Input((None, None, 3))
+    h = keras.layers.ReLU()(keras.layers.Conv2D(4, 3, padding="same")(x))
+    model = keras.Model(x, DepthToSpace(2)(keras.layers.Conv2D(12, 3, padding="same")(h)))
+    with pytest.raises(ValueError, match="not part of the fused deploy graph"):
+        quant.build_qat_model(model, QAT_CONFIG)
+
+
+def test_check_fused_fails_loudly():
+    model = fused_student(channels=4, num_blocks=1)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    x = np.random.default_rng(3).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
+    assert quant.check_fused(model, twin, x) == 0.0
+    twin.get_layer("tail").bias.assign_add(np.full(27, 1e-3, np.float32))
+    with pytest.raises(ValueError, match="differs from the multi-branch model"):
+        quant.check_fused(model, twin, x)
+
+
+@keras.utils.register_keras_serializable(package="test_qat")
+class _ConvBN(keras.layers.Layer):
+    """1x1 conv followed by BN, nested in a layer like the MobileOne branches."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.conv = keras.layers.Conv2D(filters, 1)
+        self.bn = keras.layers.BatchNormalization(momentum=0.9)
+
+    def call(self, inputs, training=None):
+        return self.bn(self.conv(inputs), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+def _bn_reference(batches, gamma, beta, eps, kernel, bias):
+    """NumPy float64 cumulative averages of both BNs' training-mode batch statistics."""
+    stats = {"a": [], "b": []}
+    for x in batches:
+        x = x.astype(np.float64)
+        mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+        # Keras BN normalises with the biased batch variance but averages the unbiased one.
+        stats["a"].append((mean, x.var(axis=(0, 1, 2), ddof=1)))
+        h = (x - mean) / np.sqrt(var + eps) * gamma + beta
+        y = h @ kernel + bias
+        stats["b"].append((y.mean(axis=(0, 1, 2)), y.var(axis=(0, 1, 2), ddof=1)))
+    return {k: tuple(np.mean(s, axis=0) for s in zip(*v)) for k, v in stats.items()}
+
+
+def test_recalibrate_bn_is_an_exact_cumulative_average():
+    keras.utils.set_random_seed(4)
+    rng = np.random.default_rng(4)
+    x = keras.Input((None, None, 3))
+    bn_a = keras.layers.BatchNormalization(name="bn_a")
+    model = keras.Model(x, _ConvBN(5, name="nested")(bn_a(x)))
+    bn_a.set_weights([rng.uniform(0.5, 2, 3), rng.normal(0, 1, 3), np.zeros(3), np.ones(3)])
+    before = [w.copy() for w in model.get_weights()]
+    batches = [rng.normal(rng.normal(0, 2, 3), rng.uniform(0.5, 3, 3), (2, 6, 7, 3))
+               .astype(np.float32) for _ in range(5)]
+
+    recalibrated = quant.recalibrate_bn(model, (b for b in batches), num_batches=5)
+
+    for saved, now in zip(before, model.get_weights()):  # the input model is untouched
+        np.testing.assert_array_equal(saved, now)
+    gamma, beta, _, _ = bn_a.get_weights()
+    kernel, bias = model.get_layer("nested").conv.get_weights()
+    reference = _bn_reference(batches, gamma, beta, bn_a.epsilon, kernel[0, 0], bias)
+    got_a = recalibrated.get_layer("bn_a")
+    got_b = recalibrated.get_layer("nested").bn
+    for got, (mean, var) in ((got_a, reference["a"]), (got_b, reference["b"])):
+        np.testing.assert_allclose(got.moving_mean.numpy(), mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got.moving_variance.numpy(), var, rtol=1e-5, atol=1e-6)
+        assert got.momentum != 0.0  # restored after the forward passes
+
+
+def test_stage3_pipeline_on_the_training_form():
+    """recalibrate_bn -> reparameterize -> check_fused -> build_qat_model -> calibrate."""
+    keras.utils.set_random_seed(6)
+    rng = np.random.default_rng(6)
+    student = models.build_student(channels=8, num_blocks=2, num_branches=2)
+    batches = [synthetic_pair(rng, batch=2)[0] for _ in range(3)]
+    recalibrated = quant.recalibrate_bn(student, batches, num_batches=3)
+    bns = quant.bn_recalibration.batch_norm_layers(recalibrated)
+    assert len(bns) == 6  # kxk, 1x1 and identity branch of both blocks
+    assert not np.allclose(bns[0].moving_variance.numpy(), 1.0)  # no longer the initial statistics
+    fused = models.reparameterize(recalibrated)
+    assert quant.check_fused(recalibrated, fused, batches[0]) < 1e-5
+    q_model = quant.build_qat_model(fused, QAT_CONFIG)
+    quant.calibrate(q_model, batches, QAT_CONFIG)
+    # Before any training the fake-quant model follows its float graph up to quantization noise.
+    x = batches[1]
+    mse = np.mean((q_model(x, training=False).numpy() - np.clip(fused(x).numpy(), 0, 1)) ** 2)
+    assert 10 * np.log10(1 / mse) > 30, mse

@@ -1,0 +1,71 @@
+"""Exports a trained keras-sr model as a fixed-shape TFLite model (fully-integer INT8 by default).
+
+    keras-sr-export-tflite --workdir=runs/stage3 --output=out/student_360p.tflite
+    keras-sr-export-tflite --workdir=runs/stage3 --input_shape=1,720,1280,3 \
+        --output=out/student_720p.tflite
+    keras-sr-export-tflite --workdir=runs/stage3 --float --output=out/student_fp32.tflite
+    keras-sr-export-tflite --workdir=runs/stage2 --ptq --calibration_data=builtin:train \
+        --output=out/student_ptq.tflite
+
+--workdir: a training work directory (latest checkpoint) or a checkpoint prefix. INT8 needs a
+Stage-3 (QAT) run; --float exports the same fused graph in FP32 (for Stage 3: the QAT model's latent
+weights); --ptq quantizes the fused FP32 model after training with a representative dataset (an
+ablation).
+
+Writes OUTPUT (.tflite), OUTPUT.savedmodel/ (serving_default: float NHWC RGB in [0, 1] -> the
+model's output in [0, 1]) and OUTPUT.json (IO quantization, op list, parameter count, resolved
+flags). The INT8 export fails with the op list if any float tensor, DEQUANTIZE or unexpected op is
+left. uint8 IO has scale 1/255 and zero point 0: the bytes are pixel values.
+"""
+from absl import app, flags
+
+import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from keras_sr.export import tflite_lib
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory or checkpoint prefix.",
+                               required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Output .tflite path.", required=True)
+_INPUT_SHAPE = flags.DEFINE_list("input_shape", ["1", "360", "640", "3"],
+                                 "Fixed NHWC input shape, e.g. 1,360,640,3 or 1,720,1280,3.")
+_IO = flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Integer type of the model's IO tensors.")
+_FLOAT = flags.DEFINE_bool("float", False, "Export an FP32 model of the same fused graph.")
+_PTQ = flags.DEFINE_bool("ptq", False, "Post-training int8 quantization of the fused FP32 model.")
+_CALIBRATION = flags.DEFINE_string(
+    "calibration_data", None,
+    "For --ptq: an EDSR-layout folder or builtin:train/builtin:val (representative LR images).")
+
+flags.register_validator("output", lambda p: p.endswith(".tflite"),
+                         message="--output must end in .tflite")
+flags.register_validator("input_shape", lambda s: len(s) == 4 and all(v.isdigit() and int(v) > 0
+                                                                      for v in s) and s[3] == "3",
+                         message="--input_shape must be four positive integers N,H,W,3")
+flags.register_multi_flags_validator(["float", "ptq"], lambda f: not (f["float"] and f["ptq"]),
+                                     message="--float and --ptq are exclusive")
+flags.register_multi_flags_validator(["ptq", "calibration_data"],
+                                     lambda f: not f["ptq"] or f["calibration_data"],
+                                     message="--ptq needs --calibration_data")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    kind = "float" if _FLOAT.value else "ptq" if _PTQ.value else "int8"
+    resolved = {name: flags.FLAGS[name].value for name in
+                ("workdir", "output", "input_shape", "io", "float", "ptq", "calibration_data")}
+    summary = tflite_lib.export_workdir(
+        _WORKDIR.value, _OUTPUT.value, tuple(int(v) for v in _INPUT_SHAPE.value), _IO.value, kind,
+        calibration_data=_CALIBRATION.value, metadata={"flags": resolved})
+    print(f"wrote {_OUTPUT.value} ({summary['bytes']} bytes, {summary['parameters']} parameters)")
+    print("ops: " + " -> ".join(summary["ops"]))
+    for side in ("inputs", "outputs"):
+        for t in summary[side]:
+            print(f"{side[:-1]} {t['name']}: {t['dtype']} {t['shape']} scale {t['scale']:.8g} "
+                  f"zero point {t['zero_point']}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
