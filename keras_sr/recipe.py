@@ -63,7 +63,8 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
 
     tflite_path = os.path.join(workdir, "export", "student_int8.tflite")
     export = tflite_lib.export_workdir(previous, tflite_path, tuple(input_shape), "uint8", "int8")
-    models = {"fp32_stage2": os.path.join(workdir, "stage2"), "int8_tflite": tflite_path}
+    models = {"bicubic": "bicubic", "fp32_stage2": os.path.join(workdir, "stage2"),
+              "int8_tflite": tflite_path}
     scores = {}
     for data_dir in (val_dir, *eval_data):
         for name, spec in models.items():
