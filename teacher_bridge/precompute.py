@@ -1,0 +1,367 @@
+"""Runs the teacher over prepared SR records (or a folder of LR images) and writes teacher records.
+
+Output folder:
+    teacher-00000-of-0000N.tfrecord ...   `record_schema.TEACHER_FEATURES` records, keyed by the
+                                          input's image_id; each shard written atomically
+    teacher-00000-of-0000N.json ...       per-shard summary with the job settings; a rerun with the
+                                          same settings skips finished shards, so a job resumes
+    summary.json                          settings, finished/missing shards, the PSNR check
+
+The inputs are listed in a fixed order (sorted files, records in file order) and cut into
+`num_shards` contiguous ranges, so machines can split the job with `shard_indices` and write into
+the same folder. Before writing, the teacher's Y-PSNR (BT.601, border = scale) against HR is
+compared with OpenCV bicubic upscaling on a few images: a wrong checkpoint or routing shows at once.
+No TensorFlow and no keras_sr here: the job runs where only torch is installed.
+"""
+import dataclasses
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+
+import cv2
+import numpy as np
+
+from teacher_bridge import inference, record_schema
+
+SHARD_PATTERN = "teacher-{index:05d}-of-{count:05d}.tfrecord"
+SUMMARY_FILE = "summary.json"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+NO_SEED = -1  # recorded as the seed when routing is deterministic (argmax)
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One input image: where to find it, not its pixels (the listing stays small)."""
+    image_id: str
+    path: str  # the TFRecord file or the image file
+    record: int  # record number inside the TFRecord file; -1 for image files
+
+
+def write_json(path, obj):
+    """Writes `obj` as indented JSON to `path` atomically (temporary file, then rename)."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def decode_rgb(data, name):
+    """Decodes 8-bit PNG/JPEG/BMP bytes into (H, W, 3) uint8 RGB (grey replicated, alpha dropped).
+
+    Raises:
+        ValueError: naming `name`, for undecodable data or another bit depth.
+    """
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError(f"{name}: not a decodable PNG/JPEG/BMP image")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name}: {image.dtype} pixels; only 8-bit images are supported")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image[..., 2::-1])  # BGR(A) -> RGB
+
+
+def encode_png(rgb):
+    """(H, W, 3) uint8 RGB -> PNG bytes."""
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
+    if not ok:
+        raise ValueError(f"PNG encoding failed for an image of shape {rgb.shape}")
+    return data.tobytes()
+
+
+def _record_files(spec):
+    """SR record files of a file, a folder (its *.tfrecord) or a glob, sorted."""
+    if os.path.isdir(spec):
+        files = glob.glob(os.path.join(spec, "*.tfrecord"))
+    elif os.path.isfile(spec):
+        files = [spec]
+    else:
+        files = glob.glob(spec)
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files found for records={spec!r}")
+    return sorted(files)
+
+
+def list_inputs(records=None, images=None, id_prefix=None):
+    """Lists the input images in a fixed order.
+
+    Args:
+        records: SR TFRecords (`record_schema.SR_FEATURES`): a file, a folder or a glob.
+        images: instead of records, a folder of LR images (PNG/JPEG/BMP, not recursive).
+        id_prefix: images only: ids are "<id_prefix>/<file stem>" (default: the folder's name),
+            as `tools/prepare_data.py` names the records of a folder source.
+
+    Returns:
+        [Item, ...].
+
+    Raises:
+        ValueError: not exactly one of records/images, or a duplicate image id.
+    """
+    if (records is None) == (images is None):
+        raise ValueError("give exactly one of records= (SR TFRecords) and images= (LR folder)")
+    items, seen = [], {}
+    if records is not None:
+        for path in _record_files(records):
+            for number, data in enumerate(record_schema.read_tfrecord(path, verify=False)):
+                image_id = _decode_sr(data, path, number)["image_id"].decode("utf-8")
+                items.append(Item(image_id, path, number))
+    else:
+        if not os.path.isdir(images):
+            raise FileNotFoundError(f"images={images!r} is not a folder")
+        prefix = os.path.basename(os.path.normpath(images)) if id_prefix is None else id_prefix
+        for name in sorted(os.listdir(images)):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in IMAGE_EXTENSIONS:
+                items.append(Item(f"{prefix}/{stem}" if prefix else stem,
+                                  os.path.join(images, name), -1))
+    for item in items:
+        where = f"{item.path} record {item.record}" if item.record >= 0 else item.path
+        if item.image_id in seen:
+            raise ValueError(f"duplicate image_id {item.image_id!r}: {seen[item.image_id]} and "
+                             f"{where}; teacher outputs are joined by id, so ids must be unique")
+        seen[item.image_id] = where
+    if not items:
+        raise ValueError(f"no input images in records={records!r} images={images!r}")
+    return items
+
+
+def _decode_sr(data, path, number):
+    try:
+        return record_schema.decode_example(data, record_schema.SR_FEATURES)
+    except record_schema.RecordError as e:
+        raise ValueError(f"{path} record {number}: not an SR record ({e})") from e
+
+
+def _read_items(items, scale):
+    """Yields (item, lr, hr or None) for items, reading each record file once.
+
+    Raises:
+        ValueError: a record's scale is not `scale`.
+    """
+    by_file = {}
+    for item in items:
+        by_file.setdefault(item.path, {})[item.record] = item
+    for path, wanted in by_file.items():
+        if -1 in wanted:  # an image file
+            with open(path, "rb") as f:
+                yield wanted[-1], decode_rgb(f.read(), path), None
+            continue
+        last = max(wanted)
+        for number, data in enumerate(record_schema.read_tfrecord(path)):
+            if number in wanted:
+                rec = _decode_sr(data, path, number)
+                name = f"{path} record {number} ({wanted[number].image_id})"
+                if rec["scale"] != scale:
+                    raise ValueError(f"{name} has scale {rec['scale']}, the teacher is x{scale}")
+                yield (wanted[number], decode_rgb(rec["lr_png"], name + " lr_png"),
+                       decode_rgb(rec["hr_png"], name + " hr_png"))
+            if number == last:
+                break
+
+
+def psnr_y(a, b, border):
+    """Y-channel PSNR (BT.601 as MATLAB's rgb2ycbcr, float) of uint8 RGB images, border cropped."""
+    weights = np.array([65.481, 128.553, 24.966]) / 255.0
+    ya, yb = (16.0 + x.astype(np.float64) @ weights for x in (a, b))
+    if border:
+        ya, yb = ya[border:-border, border:-border], yb[border:-border, border:-border]
+    mse = np.mean((ya - yb) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+class Progress:
+    """Logs done/total, rate and ETA at most every `every` seconds (and at the end).
+
+    `ready` items are done before the timing starts (e.g. computed earlier); they count towards
+    done/total but not towards the rate.
+    """
+
+    def __init__(self, total, what="images", every=10.0, ready=0):
+        self.total, self.what, self.every, self.ready = total, what, every, ready
+        self.done, self.start, self.last = 0, time.time(), 0.0
+
+    def update(self, count=1):
+        self.done += count
+        now = time.time()
+        if now - self.last < self.every and self.done < self.total:
+            return
+        self.last = now
+        elapsed = now - self.start
+        timed = self.done - min(self.done, self.ready)
+        rate = timed / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else math.inf
+        filled = int(30 * self.done / max(self.total, 1))
+        logging.info("[%s%s] %d/%d %s, %.3f/s, elapsed %s, ETA %s", "#" * filled,
+                     "." * (30 - filled), self.done, self.total, self.what, rate,
+                     _clock(elapsed), _clock(eta))
+
+
+def _clock(seconds):
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class _Teacher:
+    """The model plus the inference settings; runs one LR image."""
+
+    def __init__(self, model, tile, overlap, batch_size):
+        self.model, self.tile, self.overlap, self.batch_size = model, tile, overlap, batch_size
+
+    def __call__(self, lr, name):
+        if min(lr.shape[:2]) < 8:
+            raise ValueError(f"{name}: LR image {lr.shape[1]}x{lr.shape[0]} is under the "
+                             "teacher's minimum of 8 px per side")
+        return inference.upscale_image(self.model, lr, self.tile, self.overlap, self.batch_size)
+
+
+def check_against_bicubic(teacher, items, count):
+    """Y-PSNR of teacher and OpenCV-bicubic outputs against HR on the first `count` items.
+
+    Returns:
+        (report dict, {image_id: teacher output}) so that those outputs need not be recomputed.
+    """
+    rows, outputs = [], {}
+    s = teacher.model.upscale
+    for item, lr, hr in _read_items(items[:count], s):
+        out = teacher(lr, item.image_id)
+        outputs[item.image_id] = out
+        if hr is None:
+            continue
+        hr = hr[:s * lr.shape[0], :s * lr.shape[1]]
+        bicubic = cv2.resize(lr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
+        rows.append({"image_id": item.image_id, "teacher_psnr_y": psnr_y(out, hr, s),
+                     "bicubic_psnr_y": psnr_y(bicubic, hr, s)})
+        logging.info("check %s: teacher %.2f dB, bicubic %.2f dB (Y, border %d)", item.image_id,
+                     rows[-1]["teacher_psnr_y"], rows[-1]["bicubic_psnr_y"], s)
+    report = {"images": rows}
+    if rows:
+        report["mean_teacher_psnr_y"] = float(np.mean([r["teacher_psnr_y"] for r in rows]))
+        report["mean_bicubic_psnr_y"] = float(np.mean([r["bicubic_psnr_y"] for r in rows]))
+        logging.info("check on %d images: teacher %.2f dB vs bicubic %.2f dB", len(rows),
+                     report["mean_teacher_psnr_y"], report["mean_bicubic_psnr_y"])
+        if report["mean_teacher_psnr_y"] <= report["mean_bicubic_psnr_y"]:
+            logging.warning("the teacher does not beat bicubic: check the checkpoint and routing")
+    else:
+        logging.warning("no HR images among the inputs: teacher-vs-bicubic check skipped")
+    return report, outputs
+
+
+def _shard_ranges(num_items, num_shards):
+    return [(k * num_items // num_shards, (k + 1) * num_items // num_shards)
+            for k in range(num_shards)]
+
+
+def _shard_paths(output_dir, index, count):
+    path = os.path.join(output_dir, SHARD_PATTERN.format(index=index, count=count))
+    return path, os.path.splitext(path)[0] + ".json"
+
+
+def _finished(output_dir, index, count, settings):
+    path, meta_path = _shard_paths(output_dir, index, count)
+    if not (os.path.isfile(path) and os.path.isfile(meta_path)):
+        return None
+    with open(meta_path) as f:
+        meta = json.load(f)
+    return meta if meta.get("settings") == settings else None
+
+
+def precompute(model, output_dir, records=None, images=None, id_prefix=None, num_shards=8,
+               shard_indices=None, tile=inference.OFFICIAL_TILE, overlap=inference.OFFICIAL_OVERLAP,
+               batch_size=4, check_images=4):
+    """Writes teacher records for every input image (see the module docstring for the layout).
+
+    Args:
+        model: teacher from `teacher_bridge.load_teacher` (its checkpoint_sha256, routing, seed
+            and upscale are recorded).
+        output_dir: folder for shards and summary (created if needed).
+        records, images, id_prefix: the inputs, see `list_inputs`.
+        num_shards: number of output shards of the whole job (capped at the number of images).
+        shard_indices: shards this process writes (default: all); others are left to other runs.
+        tile, overlap, batch_size: tiling, see `teacher_bridge.inference.upscale_tensor`.
+        check_images: first images of the pending shards for the teacher-vs-bicubic check.
+
+    Returns:
+        The summary dict also written to output_dir/summary.json.
+    """
+    start = time.time()
+    items = list_inputs(records, images, id_prefix)
+    num_shards = max(1, min(num_shards, len(items)))
+    shard_indices = range(num_shards) if shard_indices is None else sorted(set(shard_indices))
+    bad = [k for k in shard_indices if not 0 <= k < num_shards]
+    if bad:
+        raise ValueError(f"shard indices {bad} are outside [0, {num_shards})")
+    gumbel = model.routing == "gumbel"
+    # Identify the inputs by their ids, not paths, so that machines mounting the data elsewhere
+    # agree on which shards are finished.
+    ids = hashlib.sha256("\n".join(item.image_id for item in items).encode()).hexdigest()
+    settings = {
+        "num_images": len(items), "image_ids_sha256": ids,
+        "num_shards": num_shards, "checkpoint_sha256": model.checkpoint_sha256,
+        "routing": model.routing, "seed": model.seed if gumbel else NO_SEED,
+        "stable_sort": model.stable_sort, "scale": model.upscale,
+        "tiling": inference.tiling_rule(tile, overlap),
+        "schema": sorted(record_schema.TEACHER_FEATURES),
+    }
+    os.makedirs(output_dir, exist_ok=True)
+    ranges = _shard_ranges(len(items), num_shards)
+    pending = [k for k in shard_indices if _finished(output_dir, k, num_shards, settings) is None]
+    for k in sorted(set(shard_indices) - set(pending)):
+        logging.info("shard %d of %d is finished; skipping it", k, num_shards)
+    teacher = _Teacher(model, tile, overlap, batch_size)
+    check, cached = {}, {}
+    if pending and check_images > 0:
+        todo = [item for k in pending for item in items[slice(*ranges[k])]]
+        check, cached = check_against_bicubic(teacher, todo, check_images)
+    progress = Progress(sum(ranges[k][1] - ranges[k][0] for k in pending), ready=len(cached))
+    fixed = {"checkpoint_sha256": settings["checkpoint_sha256"], "routing": model.routing,
+             "seed": settings["seed"], "tiling": settings["tiling"], "scale": model.upscale}
+
+    def encode_shard(shard_items, stats):
+        for item, lr, _ in _read_items(shard_items, model.upscale):
+            out = cached.pop(item.image_id, None)
+            if out is None:
+                out = teacher(lr, item.image_id)
+            stats["images"] += 1
+            progress.update()
+            yield record_schema.encode_example(
+                {"image_id": item.image_id, "teacher_png": encode_png(out),
+                 "height": out.shape[0], "width": out.shape[1], **fixed},
+                record_schema.TEACHER_FEATURES)
+
+    for k in pending:
+        path, meta_path = _shard_paths(output_dir, k, num_shards)
+        stats = {"file": os.path.basename(path), "images": 0, "settings": settings}
+        shard_start = time.time()
+        record_schema.write_tfrecord(path, encode_shard(items[slice(*ranges[k])], stats))
+        stats["seconds"] = round(time.time() - shard_start, 1)
+        write_json(meta_path, stats)
+        logging.info("wrote %s: %d images in %.0f s", path, stats["images"], stats["seconds"])
+
+    finished = [k for k in range(num_shards) if _finished(output_dir, k, num_shards, settings)]
+    summary = {
+        **settings,
+        "inputs": sorted({item.path for item in items}),
+        "finished_shards": finished,
+        "missing_shards": sorted(set(range(num_shards)) - set(finished)),
+        "written_now": pending,
+        "check": check,
+        "seconds": round(time.time() - start, 1),
+    }
+    write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+    return summary
