@@ -138,3 +138,29 @@ def test_mirrored_strategy_matches_single_device(tiny_data, tmp_path):
     default, mirrored = result["default"]["loss_history"], result["mirrored"]["loss_history"]
     assert len(default) == len(mirrored) == 4
     np.testing.assert_allclose(mirrored, default, rtol=1e-4)
+
+
+def test_stage2_with_teacher_records_from_the_bridge(tiny_data, tmp_path):
+    """Teacher outputs written by teacher_bridge (fixture weights) drive the Stage-2 KD term."""
+    torch = pytest.importorskip("torch", reason="the teacher bridge needs torch (extra 'teacher')")
+    from conftest import require_shared
+
+    from teacher_bridge import load_teacher, precompute
+
+    weights = require_shared("fixtures", "mambairv2_light_x3", "weights.pth")
+    records, val = tiny_data
+    torch.set_num_threads(1)
+    teacher = load_teacher(weights, routing="argmax")
+    summary = precompute.precompute(teacher, str(tmp_path / "teacher"), records=records,
+                                    num_shards=2, check_images=1)
+    assert summary["num_images"] == 4
+
+    stage1 = str(tmp_path / "s1")
+    lib.train(_smoke(1, steps=2), stage1, records)
+    config = _smoke(2, steps=4, log_every=4, checkpoint_every=4)
+    metrics = lib.train(config, str(tmp_path / "s2"), records, val_data=val, init_from=stage1,
+                        teacher_records=str(tmp_path / "teacher"))
+    # Random fixture weights are far from any image, so every pixel gets the floor weight w_min:
+    # then L_KD = w_min * mean|y_hat - t| must lie in [0, w_min].
+    assert 0.0 < metrics["train_kd"] <= config.loss["w_min"]
+    assert {"train_charbonnier", "train_dct"} <= set(metrics)
