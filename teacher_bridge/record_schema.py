@@ -16,7 +16,6 @@ Two record kinds share the key `image_id` (UTF-8 bytes), which joins them:
 """
 import os
 import struct
-import tempfile
 
 BYTES, INT64, FLOAT = "bytes", "int64", "float"
 
@@ -210,10 +209,10 @@ def write_tfrecord(path, serialized_records):
         The number of records written.
     """
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=".tfrecord")
+    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             for record in serialized_records:
                 length = struct.pack("<Q", len(record))
                 f.write(length + struct.pack("<I", masked_crc32c(length)))
@@ -221,7 +220,8 @@ def write_tfrecord(path, serialized_records):
                 count += 1
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         raise
     return count
 

@@ -7,15 +7,14 @@
 --model: "bicubic", a training work directory or checkpoint prefix, or a .tflite file.
 --data: a folder with HR/ and LR_bicubic/X<scale>/, or builtin:val (written to a temporary folder).
 """
-import json
 import os
 import tempfile
 
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from keras_sr import evaluate
-from keras_sr.data import builtin, image_io
+from keras_sr import evaluate, fileio
+from keras_sr.data import builtin
 
 _MODEL = flags.DEFINE_string("model", None,
                              "bicubic, a work directory/checkpoint, or a .tflite file.",
@@ -50,7 +49,7 @@ def main(argv):
     print(evaluate.format_table(result))
     if _JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
-        image_io.write_atomic(_JSON.value, json.dumps(result, indent=1).encode())
+        fileio.write_json(_JSON.value, result)
 
 
 def run():

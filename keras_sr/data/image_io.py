@@ -5,10 +5,11 @@ the plane where a network needs three channels. Alpha channels are dropped. Only
 accepted: the MATLAB rule and the SR records are defined on uint8 pixels.
 """
 import os
-import tempfile
 
 import cv2
 import numpy as np
+
+from keras_sr import fileio
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -71,19 +72,6 @@ def encode_png(image):
     return buffer.tobytes()
 
 
-def write_atomic(path, data):
-    """Writes bytes to `path` through a temporary file in the same folder and `os.replace`."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_png(path, image):
     """Writes a uint8 image as a PNG file, atomically."""
-    write_atomic(path, encode_png(image))
+    fileio.write_bytes_atomic(path, encode_png(image))

@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from keras_sr import fileio
 from keras_sr.data import benchmark, image_io
 from keras_sr.data.matlab_resize import matlab_downscale, modcrop
 from keras_sr.data.sources import Skipped, parse_source
@@ -84,7 +85,7 @@ def _write_shard(source, output_dir, index, count, settings):
     records = _encode_shard(source, index, count, settings["scale"], settings["min_lr_size"],
                             settings["id_prefix"], stats)
     record_schema.write_tfrecord(path, records)
-    image_io.write_atomic(meta_path, json.dumps(stats, indent=1).encode())
+    fileio.write_json(meta_path, stats)
     logging.info("wrote %s: %d examples, %d skipped (%.1f s)", path, stats["examples"],
                  len(stats["skipped"]), time.time() - start)
     return stats
@@ -187,7 +188,7 @@ def prepare_benchmark(source, output_dir, scale=3, min_lr_size=16):
 def _write_summary(output_dir, summary):
     """Writes summary.json; raises if nothing usable was written."""
     path = os.path.join(output_dir, SUMMARY_FILE)
-    image_io.write_atomic(path, json.dumps(summary, indent=1).encode())
+    fileio.write_json(path, summary)
     if summary["num_examples"] == 0:
         raise ValueError(f"source {summary['source']!r} gave no usable images; see {path}")
     return summary

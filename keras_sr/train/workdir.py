@@ -8,29 +8,15 @@
 """
 import json
 import os
-import tempfile
 
 import tensorflow as tf
+
+from keras_sr.fileio import write_json  # noqa: F401  (the work directory's JSON writer)
 
 CONFIG = "config.json"
 FLAGS = "flags.json"
 METRICS = "metrics.json"
 CHECKPOINTS = "checkpoints"
-
-
-def write_json(path, value):
-    """Writes `value` as JSON atomically (a crash never leaves a truncated file)."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def read_json(path):
