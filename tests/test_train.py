@@ -164,3 +164,16 @@ def test_stage2_with_teacher_records_from_the_bridge(tiny_data, tmp_path):
     # then L_KD = w_min * mean|y_hat - t| must lie in [0, w_min].
     assert 0.0 < metrics["train_kd"] <= config.loss["w_min"]
     assert {"train_charbonnier", "train_dct"} <= set(metrics)
+
+
+def test_time_budget_shortens_the_run_and_its_schedule(tiny_data, tmp_path, monkeypatch):
+    records, _ = tiny_data
+    monkeypatch.setattr(lib, "_BUDGET_PROBE_STEPS", 3)
+    # A budget already spent by the time the rate is known leaves one more step.
+    config = _smoke(1, steps=10**6, time_budget_minutes=0.01, log_every=1, checkpoint_every=10**6)
+    workdir = str(tmp_path / "w")
+    assert lib.train(config, workdir, records)["step"] == 4
+    # The shortened length is part of the checkpoint: rerunning does not start a longer run.
+    assert lib.train(config, workdir, records)["step"] == 4
+    schedule = lib.WarmupCosine(1.0, 4, warmup_steps=0, final=0.0)
+    assert float(schedule(4)) == pytest.approx(0.0, abs=1e-7)

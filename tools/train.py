@@ -24,13 +24,16 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.d
 _STEPS = flags.DEFINE_integer("steps", None, "Override the config's number of steps.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak learning rate.")
+_BUDGET = flags.DEFINE_float("time_budget_minutes", None,
+                             "Fit the run into this wall time (fewer steps when the machine is slow).")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = configs.get_config(int(_STAGE.value), _CONFIG.value)
-    overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value}
+    overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
+                 "time_budget_minutes": _BUDGET.value}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     run_info = {name: flags.FLAGS[name].value for name in flags.FLAGS if name in _OWN_FLAGS}
     metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,
@@ -40,7 +43,8 @@ def main(argv):
 
 
 _OWN_FLAGS = ("stage", "config", "workdir", "train_records", "val_data", "init_from",
-              "teacher_records", "strategy", "steps", "batch_size", "learning_rate")
+              "teacher_records", "strategy", "steps", "batch_size", "learning_rate",
+              "time_budget_minutes")
 
 
 def run():

@@ -17,6 +17,8 @@ class TrainConfig:
         lr_patch: side of the random LR crops; HR crops are `scale` times larger.
         batch_size: global batch size (split across replicas under a distribution strategy).
         steps: number of optimizer steps of the whole run.
+        time_budget_minutes: if > 0, the wall time the whole run may take: after a few hundred
+            steps the run is shortened (learning-rate decay included) to end within it.
         learning_rate: peak Adam learning rate.
         warmup_steps: linear warm-up before the cosine decay.
         final_learning_rate: learning rate the cosine decay ends at.
@@ -36,6 +38,7 @@ class TrainConfig:
     lr_patch: int = 48
     batch_size: int = 16
     steps: int = 5000
+    time_budget_minutes: float = 0.0
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     final_learning_rate: float = 1e-6
@@ -68,4 +71,4 @@ def smoke(config):
     """Shrinks any config to a run of a few steps on tiny patches (well under a minute on a CPU)."""
     return config.replace(lr_patch=16, batch_size=4, steps=6, warmup_steps=2, log_every=2,
                           eval_every=6, checkpoint_every=3, bn_recalibration_batches=2,
-                          shuffle_buffer=16)
+                          shuffle_buffer=16, time_budget_minutes=0.0)

@@ -39,22 +39,27 @@ def make_strategy(name):
 
 @keras.utils.register_keras_serializable(package="keras_sr")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then cosine decay to `final` at `total_steps`."""
+    """Linear warm-up to `peak`, then cosine decay to `final` at `total_steps`.
+
+    `total_steps` is a variable so that a time budget can shorten the run (and its decay) once the
+    step rate is known; it is saved with the checkpoints.
+    """
 
     def __init__(self, peak, total_steps, warmup_steps=0, final=0.0):
-        self.peak, self.total_steps = float(peak), int(total_steps)
-        self.warmup_steps, self.final = int(warmup_steps), float(final)
+        self.peak, self.warmup_steps, self.final = float(peak), int(warmup_steps), float(final)
+        self.total_steps = tf.Variable(int(total_steps), trainable=False, dtype=tf.int64,
+                                       name="total_steps")
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
-        decay_steps = tf.cast(max(self.total_steps - self.warmup_steps, 1), tf.float32)
+        decay_steps = tf.maximum(tf.cast(self.total_steps, tf.float32) - self.warmup_steps, 1.0)
         progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
         cosine = self.final + 0.5 * (self.peak - self.final) * (1.0 + tf.cos(math.pi * progress))
         return tf.where(step < self.warmup_steps, self.peak * (step + 1.0) / warmup, cosine)
 
     def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps,
+        return {"peak": self.peak, "total_steps": int(self.total_steps.numpy()),
                 "warmup_steps": self.warmup_steps, "final": self.final}
 
 
@@ -71,6 +76,24 @@ def _format_duration(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
         f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# Steps timed before a time budget fixes the run length (the first ones include tracing).
+_BUDGET_PROBE_STEPS = 200
+# Time kept for the final validation and checkpoint when fitting a run to its budget.
+_BUDGET_RESERVE_SECONDS = 30.0
+
+
+def _fit_to_budget(config, schedule, current, start_step, start_time, loop_start):
+    """Shortens the run (and its learning-rate decay) so that it ends within its time budget."""
+    now = time.time()
+    rate = (current - start_step) / max(now - loop_start, 1e-9)
+    remaining = 60.0 * config.time_budget_minutes - (now - start_time) - _BUDGET_RESERVE_SECONDS
+    total = max(current + 1, min(config.steps, current + int(rate * remaining)))
+    schedule.total_steps.assign(total)
+    logging.info("Time budget %.1f min at %.2f steps/s: the run ends at step %d (config: %d).",
+                 config.time_budget_minutes, rate, total, config.steps)
+    return total
 
 
 def train(config, workdir, train_records, val_data=None, init_from=None, teacher_records=None,
@@ -90,6 +113,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     Returns:
         The final metrics dict (also written to WORKDIR/metrics.json).
     """
+    start_time = time.time()
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = _is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
@@ -122,7 +146,8 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                                 config.final_learning_rate)
         optimizer = keras.optimizers.Adam(schedule)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
+                                         total_steps=schedule.total_steps)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.max_checkpoints)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
@@ -162,15 +187,22 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
         tf.summary.create_noop_writer()
     start_step = int(step.numpy())
     pending, last_log_step, last_log_time = [], start_step, time.time()
-    start_time = time.time()
+    loop_start = time.time()
+    if config.time_budget_minutes <= 0:
+        schedule.total_steps.assign(config.steps)  # a rerun may extend a finished run
+    total = int(schedule.total_steps.numpy())
+    fit_to_budget = config.time_budget_minutes > 0 and total == config.steps
     metrics = {"loss_history": []}
     logging.info("Stage %d: steps %d -> %d, global batch %d over %d replica(s), LR patch %d.",
-                 config.stage, start_step, config.steps, config.batch_size, replicas, config.lr_patch)
-    while int(step.numpy()) < config.steps:
+                 config.stage, start_step, total, config.batch_size, replicas, config.lr_patch)
+    while int(step.numpy()) < total:
         current = int(step.numpy()) + 1
         stage.on_step(current)
         pending.append(train_step(iterator))
-        last = current == config.steps
+        if fit_to_budget and current - start_step == _BUDGET_PROBE_STEPS:
+            total = _fit_to_budget(config, schedule, current, start_step, start_time, loop_start)
+            fit_to_budget = False
+        last = current == total
         if current % config.log_every == 0 or last:
             means = {k: float(np.mean([p[k].numpy() for p in pending])) for k in pending[0]}
             if not all(math.isfinite(v) for v in means.values()):
@@ -178,9 +210,9 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                                          f"and {current}")
             now = time.time()
             rate = (current - last_log_step) / max(now - last_log_time, 1e-9)
-            eta = (config.steps - current) / rate if rate > 0 else float("inf")
+            eta = (total - current) / rate if rate > 0 else float("inf")
             lr = float(schedule(current))
-            logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s | ETA %s", current, config.steps,
+            logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s | ETA %s", current, total,
                          " ".join(f"{k} {v:.5f}" for k, v in sorted(means.items())), lr, rate,
                          _format_duration(eta))
             with writer.as_default(step=current):
