@@ -67,6 +67,8 @@ def test_int8_tflite_matches_keras_qat(qat_run, int8_blob):  # noqa: F811
     report = tflite_lib.parity_report(qat_run.q_model, predictor, images)
     overall = report["overall"]
     print("INT8 TFLite (XNNPACK) vs Keras QAT:", overall)
+    # The QAT model rounds every conv like XNNPACK (exact requantization): bit-identical outputs.
+    assert overall["identical"] == 100.0, overall
     assert overall["within_1"] >= tflite_lib.PARITY_MIN_WITHIN_1, overall
     assert overall["max_diff"] <= tflite_lib.PARITY_MAX_DIFF, overall
     assert overall["ok"]

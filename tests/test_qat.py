@@ -94,7 +94,9 @@ def test_phase_schedule():
 
 @pytest.mark.parametrize("values", [{"phase_a": 0.8, "phase_b": 0.3}, {"phase_a": -0.1},
                                     {"kernel_clip": "max"}, {"ema_decay": 1.0},
-                                    {"calibration_batches": 0}, {"phase_c": 0.2}])
+                                    {"calibration_batches": 0}, {"phase_c": 0.2},
+                                    {"range_percentile": 50.0}, {"range_percentile": 100.1},
+                                    {"bias_rounding": False}])
 def test_qat_config_rejects_bad_values(values):
     with pytest.raises(ValueError):
         quant.QATConfig.from_dict(values)
@@ -146,28 +148,93 @@ def test_post_update_clips_only_frozen_ranges():
     np.testing.assert_array_equal(kernel.numpy(), expected)
 
 
-def test_calibration_is_the_exact_mean_of_batch_ranges():
+@pytest.mark.parametrize("percentile", [100.0, 99.9])
+def test_calibration_is_the_exact_mean_of_batch_ranges(percentile):
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
-    q_model = quant.build_qat_model(fused_student(channels=8, num_blocks=2), QAT_CONFIG)
-    batches = [synthetic_pair(rng, batch=2)[0] for _ in range(QAT_CONFIG.calibration_batches)]
-    assert quant.calibrate(q_model, batches, QAT_CONFIG) == len(batches)
+    config = quant.QATConfig(calibration_batches=4, range_percentile=percentile)
+    q_model = quant.build_qat_model(fused_student(channels=8, num_blocks=2), config)
+    batches = [synthetic_pair(rng, batch=2)[0] for _ in range(config.calibration_batches)]
+    assert quant.calibrate(q_model, batches, config) == len(batches)
 
     # Reference for the stem: int8 weights on the symmetric per-channel grid of the current kernel,
-    # bias on the int32 grid at scale (1/255) * s_w, ReLU, then the mean of the per-batch maxima.
+    # bias on the int32 grid at scale (1/255) * s_w, ReLU, then the mean over batches of the k-th
+    # largest value (k = 1 at percentile 100, 5 of the 2 x 16 x 16 x 8 values at 99.9).
+    k = {100.0: 1, 99.9: 5}[percentile]
     wrapper = q_model.get_layer("quant_stem")
     kernel, bias = (v.numpy().astype(np.float64) for v in quant.qat.latent_conv_weights(wrapper))
     s_w = np.abs(kernel).max(axis=(0, 1, 2)) / 127.0
     kernel_q = np.round(kernel / s_w) * s_w
     bias_q = np.round(bias / (s_w / 255.0)) * (s_w / 255.0)
-    maxima = [tf.nn.relu(tf.nn.conv2d(x.astype(np.float64), kernel_q, 1, "SAME") + bias_q)
-              .numpy().max() for x in batches]
+    highs = [np.sort(tf.nn.relu(tf.nn.conv2d(x.astype(np.float64), kernel_q, 1, "SAME") + bias_q)
+                     .numpy().ravel())[-k] for x in batches]
     stem_range = wrapper.quantize_config.output_vars()
     assert float(stem_range["min_var"].numpy()) == 0.0
-    np.testing.assert_allclose(stem_range["max_var"].numpy(), np.mean(maxima), rtol=1e-5)
+    np.testing.assert_allclose(stem_range["max_var"].numpy(), np.mean(highs), rtol=1e-5)
     # The decay variables are back at their training value.
-    assert all(np.isclose(v["ema_decay"].numpy(), QAT_CONFIG.ema_decay)
+    assert all(np.isclose(v["ema_decay"].numpy(), config.ema_decay)
                for v in quant.qat.quantizer_variables(q_model, "activation"))
+
+
+def _integer_conv_reference(x_q, s_in, w_q, s_w, b_q, s_out):
+    """LiteRT/XNNPACK int8 conv: exact int32 accumulator, float32 requantization, round half to
+    even, clamp to [0, 255] (fused ReLU, zero point 0); returns the real values q * s_out."""
+    acc = tf.nn.conv2d(x_q.astype(np.float64), w_q.astype(np.float64), 1, "SAME").numpy() + b_q
+    assert np.abs(acc).max() < 2 ** 24
+    multiplier = (np.float32(s_in) * s_w.astype(np.float32)) / np.float32(s_out)
+    q = np.clip(np.rint(acc.astype(np.float32) * multiplier), 0, 255)
+    return (q * np.float32(s_out)).astype(np.float32)
+
+
+@pytest.mark.parametrize("scales", ["random", "powers_of_two"])
+def test_requantize_reproduces_integer_arithmetic(scales):
+    """A conv's float fake-quant output, requantized, equals the runtime's integer result exactly.
+
+    With power-of-two scales every float value is exact and 1/16 of the accumulators land on a
+    rounding tie: the runtime rounds those half to even, plain fake-quant rounds them up.
+    """
+    rng = np.random.default_rng(7)
+    if scales == "random":
+        s_in, s_out = np.float32(0.37 / 255), np.float32(6.1 / 255)
+        s_w = rng.uniform(0.002, 0.02, 16).astype(np.float32)
+        x_max, w_max = 255, 127
+    else:
+        s_in, s_out = np.float32(2.0 ** -8), np.float32(2.0 ** -11)
+        s_w = np.full(16, 2.0 ** -7, np.float32)  # requantization multiplier 1/16
+        x_max, w_max = 31, 16  # keeps most outputs inside the 8-bit range
+    x_q = rng.integers(0, x_max + 1, (2, 12, 12, 16))
+    w_q = rng.integers(-w_max, w_max + 1, (3, 3, 16, 16))
+    b_q = rng.integers(-3000, 3000, 16)
+    # The float graph of the QAT model: fake-quant input and kernel, int32-grid bias, ReLU.
+    acc_scale = np.float32(s_in) * s_w
+    y = tf.nn.relu(tf.nn.conv2d((x_q * s_in).astype(np.float32), (w_q * s_w).astype(np.float32),
+                                1, "SAME") + (b_q * acc_scale).astype(np.float32))
+    expected = _integer_conv_reference(x_q, s_in, w_q, s_w, b_q, s_out)
+    high = tf.constant(s_out * 255)
+    got = quant.quantizers.requantize(y, tf.constant(0.0), high, acc_scale)
+    np.testing.assert_array_equal(got.numpy(), expected)
+    assert 0 < np.mean(expected == 255 * s_out) < 0.5  # the clamp is exercised
+    if scales == "powers_of_two":
+        plain = tf.quantization.fake_quant_with_min_max_vars(y, 0.0, high).numpy()
+        assert np.mean(plain != expected) > 0.01
+    # Straight-through gradient: 1 inside the range, 0 where the output is clamped.
+    with tf.GradientTape() as tape:
+        tape.watch(y)
+        out = quant.quantizers.requantize(y, tf.constant(0.0), high, acc_scale)
+    grad = tape.gradient(out, y).numpy()
+    np.testing.assert_array_equal(grad, (y.numpy() <= s_out * 255).astype(np.float32))
+
+
+@pytest.mark.parametrize("percentile", [100.0, 99.9, 97.0])
+def test_batch_range_percentile(percentile):
+    x = np.random.default_rng(8).standard_t(3, (4, 9, 9, 5)).astype(np.float32)
+    low, high = quant.quantizers.batch_range(tf.constant(x), percentile)
+    k = int(np.ceil((1 - percentile / 100) * x.size)) if percentile < 100 else 1
+    ordered = np.sort(x.ravel())
+    assert float(high) == ordered[-k] and float(low) == ordered[k - 1]
+    # Non-negative activations (ReLU): the low end is 0.
+    low, high = quant.quantizers.batch_range(tf.constant(np.abs(x)), percentile)
+    assert float(low) == 0.0 and float(high) == np.sort(np.abs(x).ravel())[-k]
 
 
 def test_checkpoint_round_trip(qat_run, tmp_path):

@@ -12,11 +12,12 @@ fixed (NHWC, batch 1; 1x360x640x3 and 1x720x1280x3 are the documented deploy sha
 
 Parity (`parity_stats`, `parity_ok`) is the claim that INT8 TFLite and the Keras QAT model
 (training=False) agree within 1 pixel level on at least 99.9 % of output values and never differ by
-more than 3, with the LiteRT XNNPACK kernels (bit-exact equality is out of reach: tfmot_qat.md
-section 7). Layer by layer the two agree on all but ~1e-5 of the values; how far those flips grow
-depends on the model: the claim held for plainly trained fused graphs, but a fused MobileOne student
-whose features span ~[0, 100] (an 8-bit step of ~0.4 feeding a tail whose step is 1/255) measured
-~97 % within 1 level and a maximum of ~15 (PSNR TFLite vs Keras ~53 dB, identical benchmark PSNR).
+more than 3, with the LiteRT XNNPACK kernels. The QAT model rounds every conv output the way
+XNNPACK requantizes it (`keras_sr.quant.quantizers.requantize`), so with XNNPACK the two are
+bit-identical; other kernel sets (the builtin reference kernels, NPU delegates) round differently
+(tfmot_qat.md section 7). Without that emulation a fused MobileOne student, whose hidden features
+span ~[0, 100], measured only ~97-99 % within 1 level and differences up to ~25 levels: the ~1e-5
+per-layer rounding flips of plain fake-quant survive along the folded identity path of every block.
 """
 import json
 import os
@@ -70,8 +71,11 @@ def convert_qat(q_model, input_shape=DEFAULT_INPUT_SHAPE, io="uint8"):
     """
     if io not in IO_TYPES:
         raise ValueError(f"io must be one of {sorted(IO_TYPES)}, got {io!r}")
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_concrete_function(q_model, input_shape)], q_model)
+    # The converter folds plain FakeQuant ops; the runtime then computes what the QAT model's
+    # rounding emulates.
+    with quant.converter_graph(q_model):
+        function = _concrete_function(q_model, input_shape)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], q_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = converter.inference_output_type = IO_TYPES[io]
     blob = converter.convert()
@@ -244,7 +248,8 @@ def save_serving_model(model, path):
     """Writes `model` (training=False) as a SavedModel, atomically (a temp dir, then a rename).
 
     Its `serving_default` signature maps "lr": float32 (B, H, W, 3) RGB in [0, 1] to "sr":
-    (B, 3H, 3W, 3); for the QAT model that is the fake-quant output on the 1/255 grid of [0, 1].
+    (B, 3H, 3W, 3); for the QAT model that is its output on the 1/255 grid of [0, 1], computed
+    with the runtime's rounding (bit-identical to the INT8 TFLite model under XNNPACK).
     """
     module = tf.Module()
     # The variables (weights, ranges, freeze flags, decays) are attached explicitly: the function

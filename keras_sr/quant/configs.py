@@ -2,8 +2,9 @@
 
 - `ConvQuantizeConfig`: per-channel symmetric int8 kernel, bias rounded to the converter's int32
   grid, and either the activation quantized after the fused ReLU, or (tail) a pinned output range
-  that is the [0, 1] clip. A separate ReLU layer would make tfmot drop the kernel fake-quant; the
-  fused activation is required (tfmot_qat.md section 3).
+  that is the [0, 1] clip; the output rounds like the runtime once linked
+  (`keras_sr.quant.quantizers.requantize`). A separate ReLU layer would make tfmot drop the kernel
+  fake-quant; the fused activation is required (tfmot_qat.md section 3).
 - `AddQuantizeConfig`: the sum is quantized (the TFLite ADD has its own output scale).
 - `NoOpQuantizeConfig`: depth-to-space only moves values; the converter carries the tail's scale
   through it.
@@ -26,20 +27,29 @@ class ConvQuantizeConfig(_QuantizeConfig):
     Args:
         per_axis: per-output-channel weight ranges.
         ema_decay: initial moving-average decay of the output range.
+        percentile: batch statistic of the output range (`quantizers.batch_range`).
         output_range: None for a hidden conv (ReLU fused, moving-average output range), or a fixed
             (min, max) for a linear output conv, whose fake-quant is then also the clip.
         bias_rounding: emulate the converter's int32 bias rounding.
+        exact_requantization: round the output like the int8 runtime (exact int32 accumulator,
+            float32 requantization, round half to even); needs `bias_rounding`.
     """
 
-    def __init__(self, per_axis=True, ema_decay=0.999, output_range=None, bias_rounding=True):
+    def __init__(self, per_axis=True, ema_decay=0.999, percentile=100.0, output_range=None,
+                 bias_rounding=True, exact_requantization=True):
+        if exact_requantization and not bias_rounding:
+            raise ValueError("exact_requantization needs bias_rounding (the int32 accumulator "
+                             "includes the int32 bias)")
         self.per_axis = bool(per_axis)
         self.ema_decay = float(ema_decay)
+        self.percentile = float(percentile)
         self.output_range = None if output_range is None else tuple(float(v) for v in output_range)
         self.bias_rounding = bool(bias_rounding)
+        self.exact_requantization = bool(exact_requantization)
         self.kernel_quantizer = qz.WeightQuantizer(per_axis=self.per_axis)
         self.bias_quantizer = qz.BiasQuantizer() if self.bias_rounding else None
         if self.output_range is None:
-            self.activation_quantizer = qz.ActivationQuantizer(ema_decay=self.ema_decay)
+            self.activation_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
             self.output_quantizer = None
         else:
             self.activation_quantizer = None
@@ -81,13 +91,30 @@ class ConvQuantizeConfig(_QuantizeConfig):
 
     def output_vars(self):
         """Range variables (min_var, max_var, ...) of the layer's output tensor."""
-        quantizer = self.activation_quantizer or self.output_quantizer
-        return quantizer.built_vars[0]
+        return self.output_tensor_quantizer().built_vars[0]
+
+    def output_tensor_quantizer(self):
+        """The quantizer of the layer's output (after the fused activation)."""
+        return self.activation_quantizer or self.output_quantizer
+
+    def link(self, input_vars):
+        """Wires the quantizers that need the range of the conv's input (after quantize_apply).
+
+        Args:
+            input_vars: range variables (min_var, max_var) of the tensor feeding the conv.
+        """
+        kernel_vars = self.kernel_quantizer.built_vars[0]
+        if self.bias_quantizer is not None:
+            self.bias_quantizer.link(input_vars, kernel_vars)
+        if self.exact_requantization:
+            self.output_tensor_quantizer().link(input_vars, kernel_vars)
 
     def get_config(self):
         return {"per_axis": self.per_axis, "ema_decay": self.ema_decay,
+                "percentile": self.percentile,
                 "output_range": None if self.output_range is None else list(self.output_range),
-                "bias_rounding": self.bias_rounding}
+                "bias_rounding": self.bias_rounding,
+                "exact_requantization": self.exact_requantization}
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")
@@ -96,11 +123,13 @@ class AddQuantizeConfig(_QuantizeConfig):
 
     Args:
         ema_decay: initial moving-average decay of the output range.
+        percentile: batch statistic of the output range (`quantizers.batch_range`).
     """
 
-    def __init__(self, ema_decay=0.999):
+    def __init__(self, ema_decay=0.999, percentile=100.0):
         self.ema_decay = float(ema_decay)
-        self.output_quantizer = qz.ActivationQuantizer(ema_decay=self.ema_decay)
+        self.percentile = float(percentile)
+        self.output_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
 
     def get_weights_and_quantizers(self, layer):
         return []
@@ -121,7 +150,7 @@ class AddQuantizeConfig(_QuantizeConfig):
         return self.output_quantizer.built_vars[0]
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay}
+        return {"ema_decay": self.ema_decay, "percentile": self.percentile}
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")

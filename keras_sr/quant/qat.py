@@ -16,15 +16,18 @@ each step (Python) and `post_update(q)` after each update (graph-safe, in the co
 `quantize_scope` with the project's configs (`keras_sr.quant.configs`): per-channel symmetric int8
 weights, activations quantized after each fused ReLU, the Add output quantized, depth-to-space
 without quantizers, the input range pinned to [0, 1], the tail output range fixed to [0, 1] (the
-clip), biases rounded to the converter's int32 grid.
+clip), biases rounded to the converter's int32 grid, and every conv output rounded the way the
+int8 runtime requantizes it, so the Keras QAT model and the exported model under XNNPACK are
+bit-identical (`converter_graph` gives the converter the plain FakeQuant ops it folds).
 
 Curriculum (`QATConfig.phase_a`, `phase_b`: fractions of the QAT steps; phase C takes the rest):
-    A  all observers live;
+    A  all observers live (activation ranges follow a moving average of a batch percentile);
     B  activation grids frozen, weight ranges follow the weights (straight-through estimator);
     C  all grids frozen, each kernel clipped to its frozen per-channel range after every update.
 The phase flags are variables of the model read with `tf.cond`, so one compiled train step serves
 all phases, and checkpoints carry them.
 """
+import contextlib
 import dataclasses
 import os
 
@@ -61,10 +64,19 @@ class QATConfig:
             grids frozen, weights clipped to their ranges) takes the remaining
             1 - phase_a - phase_b.
         calibration_batches: training batches run forward (no weight update) before QAT to set every
-            activation range to the mean of the per-batch min/max.
-        ema_decay: moving-average decay of the activation ranges in phase A (tfmot's default 0.999).
+            activation range to the mean of the per-batch ranges (see `range_percentile`).
+        ema_decay: moving-average decay of the activation ranges in phase A. tfmot's fixed 0.999
+            (a time constant of 1000 steps) left the ranges where calibration put them, while the
+            fused MobileOne features shrink several-fold during QAT; 0.99 follows them.
+        range_percentile: batch statistic the activation ranges follow in calibration and phase A:
+            the value at this percentile of the batch (100: its maximum). The fused features are
+            heavy-tailed (batch maximum ~2x the 99.99th percentile); 99.99 halves the 8-bit step
+            of the widest tensors and clips ~1e-4 of the values.
         per_channel: one weight scale per output channel (else one per tensor).
         bias_rounding: round biases to the converter's int32 grid in the fake-quant graph.
+        exact_requantization: round every conv output like LiteRT's XNNPACK kernels (exact int32
+            accumulator, float32 requantization, round half to even), so the Keras QAT model and
+            the exported model agree bit for bit on the convs (needs bias_rounding).
         kernel_clip: outlier clipping of each fused kernel per output channel at QAT start:
             "none", "std" (to mean +- kernel_clip_value * std) or "percentile" (to the
             [100 - v, v] percentiles, v = kernel_clip_value).
@@ -73,9 +85,11 @@ class QATConfig:
     phase_a: float = 0.4
     phase_b: float = 0.3
     calibration_batches: int = 32
-    ema_decay: float = 0.999
+    ema_decay: float = 0.99
+    range_percentile: float = 99.99
     per_channel: bool = True
     bias_rounding: bool = True
+    exact_requantization: bool = True
     kernel_clip: str = "none"
     kernel_clip_value: float = 3.0
 
@@ -89,8 +103,12 @@ class QATConfig:
         if self.kernel_clip == "percentile" and not 50.0 < self.kernel_clip_value <= 100.0:
             raise ValueError(f"qat kernel_clip_value={self.kernel_clip_value}: a percentile clip "
                              "needs a value in (50, 100]")
+        if self.exact_requantization and not self.bias_rounding:
+            raise ValueError("qat exact_requantization needs bias_rounding")
         if self.calibration_batches < 1:
             raise ValueError(f"qat calibration_batches={self.calibration_batches} must be >= 1")
+        if not 50.0 < self.range_percentile <= 100.0:
+            raise ValueError(f"qat range_percentile={self.range_percentile} must be in (50, 100]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"qat ema_decay={self.ema_decay} must be in [0, 1)")
 
@@ -166,9 +184,10 @@ def _quantize_config(layer, config):
         linear = keras.activations.serialize(layer.activation) == "linear"
         return configs.ConvQuantizeConfig(
             per_axis=config.per_channel, ema_decay=config.ema_decay,
-            output_range=IO_RANGE if linear else None, bias_rounding=config.bias_rounding)
+            percentile=config.range_percentile, output_range=IO_RANGE if linear else None,
+            bias_rounding=config.bias_rounding, exact_requantization=config.exact_requantization)
     if isinstance(layer, keras.layers.Add):
-        return configs.AddQuantizeConfig(ema_decay=config.ema_decay)
+        return configs.AddQuantizeConfig(config.ema_decay, config.range_percentile)
     if isinstance(layer, DepthToSpace):
         return configs.NoOpQuantizeConfig()
     raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is not part of the fused "
@@ -216,16 +235,12 @@ def _output_vars(layer):
     raise ValueError(f"layer {layer.name!r} feeds a conv but has no quantized output")
 
 
-def _link_bias_quantizers(q_model):
+def _link_conv_quantizers(q_model):
     for wrapper in conv_wrappers(q_model):
-        bias_quantizer = wrapper.quantize_config.bias_quantizer
-        if bias_quantizer is None:
-            continue
         producers = tf.nest.flatten(wrapper.inbound_nodes[0].inbound_layers)
         if len(producers) != 1:
             raise ValueError(f"{wrapper.name} has {len(producers)} inputs, expected 1")
-        bias_quantizer.link(_output_vars(producers[0]),
-                            wrapper.quantize_config.kernel_quantizer.built_vars[0])
+        wrapper.quantize_config.link(_output_vars(producers[0]))
 
 
 def clip_kernel_outliers(kernel, method, value):
@@ -269,7 +284,7 @@ def build_qat_model(fused_model, config=None):
     config = config or QATConfig()
     with _scope():
         q_model = _tfq.quantize_apply(_annotate(fused_model, config), scheme=_Scheme())
-    _link_bias_quantizers(q_model)
+    _link_conv_quantizers(q_model)
     if config.kernel_clip != "none":
         for wrapper in conv_wrappers(q_model):
             kernel, _ = latent_conv_weights(wrapper)
@@ -277,6 +292,25 @@ def build_qat_model(fused_model, config=None):
                                                config.kernel_clip_value))
     set_phase(q_model, "A")
     return q_model
+
+
+@contextlib.contextmanager
+def converter_graph(model):
+    """Context in which graphs traced from `model` hold plain FakeQuant ops on the conv outputs.
+
+    The QAT model rounds its conv outputs like the int8 runtime (`QATConfig.exact_requantization`);
+    the TFLite converter only folds FakeQuant ops, so export traces the model inside this context.
+    The converted model computes what the rounding emulates. A model without conv quantizers (an
+    FP32 model) traces unchanged.
+    """
+    quantizers = [w.quantize_config.output_tensor_quantizer() for w in conv_wrappers(model)]
+    for quantizer in quantizers:
+        quantizer.runtime_rounding = False
+    try:
+        yield model
+    finally:
+        for quantizer in quantizers:
+            quantizer.runtime_rounding = True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,7 +360,10 @@ def post_update(q_model):
 
 
 def calibrate(q_model, dataset, config=None):
-    """Sets every live activation range to the mean over batches of the batch min/max.
+    """Sets every live activation range to the mean over batches of the batch range.
+
+    The batch range is the one phase A follows (`quantizers.batch_range` at
+    `config.range_percentile`, set when the model was built).
 
     Runs `config.calibration_batches` forward passes with `training=True` (no weight update), with
     the moving-average decay of batch t (1-based) set to (t - 1) / t, so each range ends as the
