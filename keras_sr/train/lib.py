@@ -197,7 +197,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                  config.stage, start_step, total, config.batch_size, replicas, config.lr_patch)
     while int(step.numpy()) < total:
         current = int(step.numpy()) + 1
-        stage.on_step(current)
+        stage.on_step(current, total)
         pending.append(train_step(iterator))
         if fit_to_budget and current - start_step == _BUDGET_PROBE_STEPS:
             total = _fit_to_budget(config, schedule, current, start_step, start_time, loop_start)

@@ -17,12 +17,13 @@ class Stage:
     Attributes:
         model: the Keras model to train; maps float RGB in [0,1] (B, H, W, 3) to (B, 3H, 3W, 3).
         post_update: graph-safe function run inside the compiled step after each weight update.
-        on_step: Python function called with the 1-based step number before that step runs.
+        on_step: Python function called with the 1-based step number and the run's length (which a
+            time budget may have shortened) before that step runs.
         jit_ok: whether the forward/backward pass may be XLA-compiled.
     """
     model: keras.Model
     post_update: Callable[[], None] = lambda: None
-    on_step: Callable[[int], None] = lambda step: None
+    on_step: Callable[[int, int], None] = lambda step, total: None
     jit_ok: bool = True
 
 
@@ -82,6 +83,6 @@ def _build_qat_stage(config, init_from, dataset, resume):
         quant.calibrate(q_model, lr_batches, qat_config)
     return Stage(q_model,
                  post_update=lambda: quant.post_update(q_model),
-                 on_step=lambda step: quant.set_phase(
-                     q_model, quant.phase_for_step(qat_config, step, config.steps)),
+                 on_step=lambda step, total: quant.set_phase(
+                     q_model, quant.phase_for_step(qat_config, step, total)),
                  jit_ok=False)
