@@ -24,6 +24,10 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.d
 _STEPS = flags.DEFINE_integer("steps", None, "Override the config's number of steps.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak learning rate.")
+_QAT_GRAPH = flags.DEFINE_enum(
+    "qat_graph", None, ["fused", "multibranch"],
+    "Stage 3: quantize the fused graph (default, what ships) or, as an ablation, train the multi-branch "
+    "form with fake-quant branch kernels and fuse after QAT.")
 _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 
@@ -35,6 +39,10 @@ def main(argv):
     overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
                  "time_budget_minutes": _BUDGET.value}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if _QAT_GRAPH.value:
+        if config.stage != 3:
+            raise app.UsageError("--qat_graph applies to --stage=3 only")
+        config = config.replace(qat={**config.qat, "graph": _QAT_GRAPH.value})
     run_info = {name: flags.FLAGS[name].value for name in flags.FLAGS if name in _OWN_FLAGS}
     metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,
                         init_from=_INIT.value, teacher_records=_TEACHER.value,
@@ -44,7 +52,7 @@ def main(argv):
 
 _OWN_FLAGS = ("stage", "config", "workdir", "train_records", "val_data", "init_from",
               "teacher_records", "strategy", "steps", "batch_size", "learning_rate",
-              "time_budget_minutes")
+              "time_budget_minutes", "qat_graph")
 
 
 def run():

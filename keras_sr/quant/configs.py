@@ -8,6 +8,10 @@
 - `AddQuantizeConfig`: the sum is quantized (the TFLite ADD has its own output scale).
 - `NoOpQuantizeConfig`: depth-to-space only moves values; the converter carries the tail's scale
   through it.
+- `MobileOneQuantizeConfig`: the `--qat_graph=multibranch` ablation (QAT on the training form): each
+  branch kernel of a MobileOneConv2D is fake-quantized per channel, its batch norms stay float,
+  and the block's ReLU output is quantized. That graph is never exported: it is fused after QAT
+  (`keras_sr.quant.qat.fuse_after_qat`).
 
 Each config owns its quantizer instances, so after `quantize_apply` the range variables of every
 tensor are reachable from `wrapper.quantize_config` (see `output_vars`).
@@ -176,7 +180,68 @@ class NoOpQuantizeConfig(_QuantizeConfig):
         return {}
 
 
+@keras.utils.register_keras_serializable(package="keras_sr")
+class MobileOneQuantizeConfig(_QuantizeConfig):
+    """Training-form MobileOneConv2D (dense, ReLU): int8 branch kernels, float BN, int8 output.
+
+    The k x k kernel (all k branches, one output channel per branch channel) and the 1x1 kernel get
+    one symmetric narrow-range weight quantizer each (per output channel with `per_axis`); the
+    batch norms and the identity branch stay float, and the block's ReLU output is quantized with
+    a freezable moving-average range, as after a fused conv.
+
+    Args:
+        per_axis: per-output-channel weight ranges.
+        ema_decay: initial moving-average decay of the output range.
+        percentile: batch statistic of the output range (`quantizers.batch_range`).
+    """
+
+    def __init__(self, per_axis=True, ema_decay=0.999, percentile=100.0):
+        self.per_axis = bool(per_axis)
+        self.ema_decay = float(ema_decay)
+        self.percentile = float(percentile)
+        self.kernel_quantizer = qz.WeightQuantizer(per_axis=self.per_axis)
+        self.scale_kernel_quantizer = qz.WeightQuantizer(per_axis=self.per_axis)
+        self.activation_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
+
+    def get_weights_and_quantizers(self, layer):
+        from keras_sr.models.blocks import MobileOneConv2D  # the models package does not need tfmot
+
+        if (not isinstance(layer, MobileOneConv2D) or layer.depthwise
+                or keras.activations.serialize(layer.activation) != "relu"):
+            raise ValueError(f"{layer.name}: MobileOneQuantizeConfig needs a dense "
+                             "MobileOneConv2D with a ReLU")
+        # The wrapper builds the block, whose convs are otherwise only built by their first call;
+        # their kernels must exist now to get quantizers.
+        convs = [c for c in (layer.conv_kxk, layer.conv_scale) if c is not None]
+        for conv in convs:
+            if not conv.built:
+                conv.build(layer._build_input_shape)  # pylint: disable=protected-access
+        quantizers = (self.kernel_quantizer, self.scale_kernel_quantizer)
+        return [(conv.kernel, quantizer) for conv, quantizer in zip(convs, quantizers)]
+
+    def get_activations_and_quantizers(self, layer):
+        return [(layer.activation, self.activation_quantizer)]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.conv_kxk.kernel = quantize_weights[0]
+        if layer.conv_scale is not None:
+            layer.conv_scale.kernel = quantize_weights[1]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        layer.activation = quantize_activations[0]
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def output_vars(self):
+        return self.activation_quantizer.built_vars[0]
+
+    def get_config(self):
+        return {"per_axis": self.per_axis, "ema_decay": self.ema_decay,
+                "percentile": self.percentile}
+
+
 def custom_objects():
     """Configs and quantizers by registered name, for `quantize_scope`."""
-    classes = (ConvQuantizeConfig, AddQuantizeConfig, NoOpQuantizeConfig)
+    classes = (ConvQuantizeConfig, AddQuantizeConfig, NoOpQuantizeConfig, MobileOneQuantizeConfig)
     return {**qz.custom_objects(), **{keras.utils.get_registered_name(c): c for c in classes}}

@@ -26,6 +26,13 @@ Curriculum (`QATConfig.phase_a`, `phase_b`: fractions of the QAT steps; phase C 
     C  all grids frozen, each kernel clipped to its frozen per-channel range after every update.
 The phase flags are variables of the model read with `tf.cond`, so one compiled train step serves
 all phases, and checkpoints carry them.
+
+Ablation `QATConfig.graph = "multibranch"` (issue 3; the fused graph stays the default): QAT runs on
+the training form instead (`build_qat_model(student, config)`: branch kernels fake-quantized per
+channel, BN float, each block's ReLU output quantized; stem, Add, tail and depth-to-space as in
+the fused graph), with the same hooks. After QAT, `fuse_after_qat` folds the latent weights into
+the fused graph, gives it the learned activation ranges and freezes every grid, so export, parity
+and evaluation use the fused QAT model unchanged (`load_qat_model` does this for such a run).
 """
 import contextlib
 import dataclasses
@@ -39,6 +46,7 @@ from absl import logging
 # QuantizeLayer is not exported by tfmot's public API; the project pins tfmot 0.8.1.
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 
+from keras_sr.models.blocks import MobileOneConv2D
 from keras_sr.models.depth_to_space import DepthToSpace
 from keras_sr.quant import configs
 from keras_sr.quant import quantizers as qz
@@ -52,6 +60,7 @@ _transforms = _tfq.graph_transformations.transforms
 IO_RANGE = (0.0, 1.0)
 PHASES = ("A", "B", "C")
 KERNEL_CLIP_METHODS = ("none", "std", "percentile")
+GRAPHS = ("fused", "multibranch")
 
 
 @dataclasses.dataclass
@@ -81,6 +90,9 @@ class QATConfig:
             "none", "std" (to mean +- kernel_clip_value * std) or "percentile" (to the
             [100 - v, v] percentiles, v = kernel_clip_value).
         kernel_clip_value: k for "std", the upper percentile (e.g. 99.9) for "percentile".
+        graph: the graph QAT trains: "fused" (the deploy graph, default) or "multibranch" (the
+            training form, fused after QAT by `fuse_after_qat`; an ablation, needs the dense
+            "mobileone"/"repconv" student and kernel_clip "none").
     """
     phase_a: float = 0.4
     phase_b: float = 0.3
@@ -92,6 +104,7 @@ class QATConfig:
     exact_requantization: bool = True
     kernel_clip: str = "none"
     kernel_clip_value: float = 3.0
+    graph: str = "fused"
 
     def __post_init__(self):
         if not (0.0 <= self.phase_a and 0.0 <= self.phase_b and self.phase_a + self.phase_b <= 1.0):
@@ -111,6 +124,11 @@ class QATConfig:
             raise ValueError(f"qat range_percentile={self.range_percentile} must be in (50, 100]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"qat ema_decay={self.ema_decay} must be in [0, 1)")
+        if self.graph not in GRAPHS:
+            raise ValueError(f"qat graph={self.graph!r}: choose one of {GRAPHS}")
+        if self.graph == "multibranch" and self.kernel_clip != "none":
+            raise ValueError("qat kernel_clip applies to fused kernels: use kernel_clip='none' "
+                             "with graph='multibranch'")
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -190,9 +208,13 @@ def _quantize_config(layer, config):
         return configs.AddQuantizeConfig(config.ema_decay, config.range_percentile)
     if isinstance(layer, DepthToSpace):
         return configs.NoOpQuantizeConfig()
+    if isinstance(layer, MobileOneConv2D) and config.graph == "multibranch":
+        return configs.MobileOneQuantizeConfig(config.per_channel, config.ema_decay,
+                                               config.range_percentile)
     raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is not part of the fused "
                      "deploy graph (Conv2D with fused ReLU or linear output, Add, DepthToSpace); "
-                     "fuse the model with keras_sr.models.reparameterize first")
+                     "fuse the model with keras_sr.models.reparameterize first (or set "
+                     "QATConfig.graph='multibranch' for QAT on the training form)")
 
 
 def _annotate(fused_model, config):
@@ -274,7 +296,8 @@ def build_qat_model(fused_model, config=None):
     Args:
         fused_model: the deploy-form student (`build_student(reparameterized=True)` or
             `reparameterize(model)`): Conv2D with fused ReLU, Add, a linear tail Conv2D and
-            DepthToSpace; input float RGB in [0, 1]. It is not modified.
+            DepthToSpace; input float RGB in [0, 1]. It is not modified. With
+            `config.graph == "multibranch"`: the training-form student instead.
         config: `QATConfig`; its kernel clip is applied to the new model's kernels.
 
     Returns:
@@ -321,7 +344,8 @@ def quantizer_variables(q_model, group):
     found = []
     for wrapper in _wrappers(q_model):
         config = wrapper.quantize_config
-        for name in ("kernel_quantizer", "activation_quantizer", "output_quantizer"):
+        for name in ("kernel_quantizer", "scale_kernel_quantizer", "activation_quantizer",
+                     "output_quantizer"):
             quantizer = getattr(config, name, None)
             if getattr(quantizer, "group", None) == group:
                 found.extend(quantizer.built_vars)
@@ -352,11 +376,22 @@ def post_update(q_model):
     assigns the kernels unchanged (a kernel may only be clipped to a range that no longer follows
     it).
     """
-    for wrapper in conv_wrappers(q_model):
-        kernel, _ = latent_conv_weights(wrapper)
-        ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
+    for kernel, ranges in quantized_kernels(q_model):
         clipped = tf.clip_by_value(kernel, ranges["min_var"], ranges["max_var"])
         kernel.assign(tf.where(ranges["frozen"], clipped, kernel))
+
+
+def quantized_kernels(q_model):
+    """(latent kernel variable, its weight quantizer's variable dict) of every quantized kernel.
+
+    Covers the fused convs and, in a multi-branch QAT model, every branch kernel of a block.
+    """
+    # QuantizeWrapper keeps (latent weight, quantizer, quantizer variables) in _weight_vars; the
+    # layer's own kernel attribute holds the fake-quant tensor after a call.
+    # pylint: disable=protected-access
+    return [(weight, variables) for wrapper in _wrappers(q_model)
+            for weight, quantizer, variables in wrapper._weight_vars
+            if isinstance(quantizer, qz.WeightQuantizer)]
 
 
 def calibrate(q_model, dataset, config=None):
@@ -438,6 +473,59 @@ def float_twin(q_model, fused_template):
     return twin
 
 
+def fuse_after_qat(q_model, student, config):
+    """The fused QAT model of a multi-branch QAT model (`QATConfig.graph == "multibranch"`).
+
+    The latent branch weights and BN statistics are folded (`reparameterize`) into the fused graph,
+    whose QAT model (`build_qat_model`) takes the learned activation ranges of the block outputs
+    and the Add, and weight ranges that fit its fused kernels; every grid is then frozen (phase C).
+    The fused kernels are quantized once instead of per branch, so the two models differ by that
+    rounding.
+
+    Args:
+        q_model: a multi-branch QAT model (`build_qat_model(student, config)`); not modified.
+        student: a training-form student with the same layer names (e.g. a fresh
+            `build_student(...)`); not modified.
+        config: the `QATConfig` of `q_model`.
+
+    Returns:
+        The fused QAT model in phase C, ready for `keras_sr.export.tflite_lib.convert_qat`.
+    """
+    from keras_sr import models
+
+    twin = keras.models.clone_model(student)
+    for wrapper in _wrappers(q_model):
+        target = twin.get_layer(wrapper.layer.name)
+        if isinstance(target, MobileOneConv2D):
+            # _weight_vars follows MobileOneQuantizeConfig: the k x k kernel, then the 1x1 one.
+            latent = [w for w, _, _ in wrapper._weight_vars]  # pylint: disable=protected-access
+            convs = [c for c in (target.conv_kxk, target.conv_scale) if c is not None]
+            for conv, kernel in zip(convs, latent):
+                conv.kernel.assign(kernel)
+            for name in ("bn_kxk", "bn_scale", "bn_identity"):
+                if getattr(target, name) is not None:
+                    getattr(target, name).set_weights(getattr(wrapper.layer, name).get_weights())
+        elif isinstance(target, keras.layers.Conv2D):
+            target.set_weights([v.numpy() for v in latent_conv_weights(wrapper)])
+    fused = build_qat_model(models.reparameterize(twin),
+                            dataclasses.replace(config, graph="fused", kernel_clip="none"))
+    # Every quantized tensor of the fused graph is the output of a same-named layer of q_model
+    # (a fused conv of its block); the pinned [0, 1] ranges copy onto themselves.
+    for wrapper in _wrappers(fused):
+        if hasattr(wrapper.quantize_config, "output_vars"):
+            source = q_model.get_layer(wrapper.name).quantize_config.output_vars()
+            for key in ("min_var", "max_var"):
+                wrapper.quantize_config.output_vars()[key].assign(source[key])
+    for kernel, ranges in quantized_kernels(fused):
+        reach = tf.reduce_max(tf.abs(kernel), axis=[0, 1, 2])
+        if len(ranges["max_var"].shape) == 0:
+            reach = tf.reduce_max(reach)
+        ranges["min_var"].assign(-reach)
+        ranges["max_var"].assign(reach)
+    set_phase(fused, "C")
+    return fused
+
+
 def load_qat_model(workdir, checkpoint=None):
     """Rebuilds a Stage-3 QAT model from its work directory and restores a checkpoint.
 
@@ -447,7 +535,8 @@ def load_qat_model(workdir, checkpoint=None):
         checkpoint: a checkpoint prefix; the latest one in workdir/checkpoints when None.
 
     Returns:
-        The QAT model with the restored weights, ranges and phase flags.
+        The QAT model with the restored weights, ranges and phase flags; for a
+        `graph == "multibranch"` run, its fused form (`fuse_after_qat`).
     """
     from keras_sr import models
     from keras_sr.train import workdir as wd
@@ -456,12 +545,14 @@ def load_qat_model(workdir, checkpoint=None):
     config = wd.read_json(os.path.join(workdir, wd.CONFIG))
     if "model" not in config:
         raise ValueError(f"{workdir}/{wd.CONFIG} has no 'model' entry")
-    fused = models.build_student(**{**config["model"], "reparameterized": True})
-    q_model = build_qat_model(fused, QATConfig.from_dict(config.get("qat") or {}))
+    qat_config = QATConfig.from_dict(config.get("qat") or {})
+    multibranch = qat_config.graph == "multibranch"
+    student = models.build_student(**{**config["model"], "reparameterized": not multibranch})
+    q_model = build_qat_model(student, qat_config)
     status = tf.train.Checkpoint(model=q_model).read(checkpoint).expect_partial()
     try:
         status.assert_existing_objects_matched()
     except AssertionError as e:
         raise ValueError(f"{checkpoint} does not hold the QAT model of {workdir}/{wd.CONFIG}: "
                          f"{e}") from None
-    return q_model
+    return fuse_after_qat(q_model, student, qat_config) if multibranch else q_model

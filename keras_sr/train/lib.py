@@ -117,7 +117,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = _is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
-    config = stages.resolve_model(config, workdir, init_from)
+    config = stages.resolve_model(config, init_from)
     if chief:
         wd.write_json(os.path.join(workdir, wd.FLAGS), run_info or {})
         wd.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())

@@ -27,7 +27,7 @@ class Stage:
     jit_ok: bool = True
 
 
-def resolve_model(config, workdir, init_from):
+def resolve_model(config, init_from):
     """Takes the network's shape from the run it starts from, so Stages 2 and 3 always match it."""
     if config.stage == 1 or not init_from:
         if config.stage > 1:
@@ -70,16 +70,18 @@ def _build_qat_stage(config, init_from, dataset, resume):
 
     qat_config = quant.QATConfig(**config.qat)
     lr_batches = dataset.map(lambda batch: batch["lr"])
+    # The "multibranch" ablation trains the training form (fused after QAT by load_qat_model).
+    multibranch = qat_config.graph == "multibranch"
     if resume:
         # The checkpoint holds the QAT weights, ranges and flags: only the graph is needed.
-        fused = models.build_student(reparameterized=True, **config.model)
-        q_model = quant.build_qat_model(fused, qat_config)
+        student = models.build_student(reparameterized=not multibranch, **config.model)
+        q_model = quant.build_qat_model(student, qat_config)
     else:
         model, _ = restore.load_model(init_from)
         model = quant.recalibrate_bn(model, lr_batches, config.bn_recalibration_batches)
         fused = models.reparameterize(model)
         quant.check_fused(model, fused, next(iter(lr_batches)))
-        q_model = quant.build_qat_model(fused, qat_config)
+        q_model = quant.build_qat_model(model if multibranch else fused, qat_config)
         quant.calibrate(q_model, lr_batches, qat_config)
     return Stage(q_model,
                  post_update=lambda: quant.post_update(q_model),
