@@ -423,8 +423,8 @@ def test_multibranch_qat_fuses_after_training(tmp_path):
 
     # A Stage-3 work dir of such a run loads as the fused model.
     tf.train.Checkpoint(model=q_model).save(os.fspath(tmp_path / wd.CHECKPOINTS / "ckpt"))
-    tflite_lib.write_json(os.fspath(tmp_path / wd.CONFIG),
-                          {"model": model_kwargs, "qat": config.to_dict()})
+    wd.write_json(os.fspath(tmp_path / wd.CONFIG),
+                  {"model": model_kwargs, "qat": config.to_dict()})
     loaded = quant.load_qat_model(os.fspath(tmp_path))
     np.testing.assert_array_equal(loaded(x, training=False).numpy(),
                                   fused(x, training=False).numpy())

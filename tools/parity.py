@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from keras_sr import fileio
 from keras_sr.export import tflite_lib, tflite_runner
 from keras_sr.train import restore
 
@@ -50,7 +51,7 @@ def main(argv):
     print(f"{verdict} the claim: >= {tflite_lib.PARITY_MIN_WITHIN_1} % within 1 level, max diff <= "
           f"{tflite_lib.PARITY_MAX_DIFF}")
     if _JSON.value:
-        tflite_lib.write_json(_JSON.value, report)
+        fileio.write_json(_JSON.value, report)
     if not report["overall"]["ok"]:
         sys.exit(1)
 

@@ -7,8 +7,22 @@ def default_model():
     return {"block_type": "mobileone", "channels": 32, "num_blocks": 8, "num_branches": 4, "scale": 3}
 
 
+class DictMixin:
+    """JSON round trip of a config dataclass (how configs are stored in a work directory)."""
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} fields {unknown}")
+        return cls(**values)
+
+
 @dataclasses.dataclass
-class TrainConfig:
+class TrainConfig(DictMixin):
     """Everything a training run needs besides its data paths.
 
     Attributes:
@@ -56,15 +70,6 @@ class TrainConfig:
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
-        return cls(**values)
 
 
 def smoke(config):

@@ -19,7 +19,6 @@ bit-identical; other kernel sets (the builtin reference kernels, NPU delegates) 
 span ~[0, 100], measured only ~97-99 % within 1 level and differences up to ~25 levels: the ~1e-5
 per-layer rounding flips of plain fake-quant survive along the folded identity path of every block.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
 
-from keras_sr import models, quant
+from keras_sr import fileio, models, quant
 from keras_sr.data import benchmark, builtin, image_io, matlab_resize
 from keras_sr.train import restore
 from keras_sr.train import workdir as wd
@@ -224,26 +223,6 @@ def _default_mode(mode):
     return mode & ~umask
 
 
-def _atomic_write_bytes(path, data):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _default_mode(0o666))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json(path, value):
-    """Writes `value` as indented JSON, atomically."""
-    _atomic_write_bytes(path, (json.dumps(value, indent=2, sort_keys=True, default=str)
-                               + "\n").encode())
-
-
 def save_serving_model(model, path):
     """Writes `model` (training=False) as a SavedModel, atomically (a temp dir, then a rename).
 
@@ -295,8 +274,8 @@ def write_export(blob, output, keras_model, metadata=None):
     summary = {k: v for k, v in describe(blob).items() if k != "tensor_dtypes"}
     summary.update(metadata or {})
     save_serving_model(keras_model, stem + ".savedmodel")
-    _atomic_write_bytes(output, blob)
-    write_json(stem + ".json", summary)
+    fileio.write_bytes_atomic(output, blob)
+    fileio.write_json(stem + ".json", summary)
     return summary
 
 

@@ -46,6 +46,7 @@ from absl import logging
 # QuantizeLayer is not exported by tfmot's public API; the project pins tfmot 0.8.1.
 from tensorflow_model_optimization.python.core.quantization.keras import quantize_layer
 
+from keras_sr.configs.base import DictMixin
 from keras_sr.models.blocks import MobileOneConv2D
 from keras_sr.models.depth_to_space import DepthToSpace
 from keras_sr.quant import configs
@@ -64,7 +65,7 @@ GRAPHS = ("fused", "multibranch")
 
 
 @dataclasses.dataclass
-class QATConfig:
+class QATConfig(DictMixin):
     """Settings of Stage-3 QAT (the "qat" entry of a Stage-3 config.json).
 
     Attributes:
@@ -129,16 +130,6 @@ class QATConfig:
         if self.graph == "multibranch" and self.kernel_clip != "none":
             raise ValueError("qat kernel_clip applies to fused kernels: use kernel_clip='none' "
                              "with graph='multibranch'")
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown QATConfig fields {unknown}")
-        return cls(**values)
 
 
 def phase_for_step(config, step, total_steps):
