@@ -33,8 +33,3 @@ def require_shared(*parts):
         pytest.skip(f"{path} is absent: this test needs the ../shared folder beside the checkout "
                     "(present on CI, not in a plain clone)")
     return path
-
-
-@pytest.fixture
-def shared_dir():
-    return require_shared()

@@ -28,6 +28,24 @@ _QAT_GRAPH = flags.DEFINE_enum(
     "qat_graph", None, ["fused", "multibranch"],
     "Stage 3: quantize the fused graph (default, what ships) or, as an ablation, train the multi-branch "
     "form with fake-quant branch kernels and fuse after QAT.")
+# Loss and QAT fields that can be set from the command line (--loss_<field>, --qat_<field>).
+_LOSS_FLAGS = {
+    "charbonnier_weight": flags.DEFINE_float("loss_charbonnier_weight", None, "Charbonnier weight."),
+    "dct_weight": flags.DEFINE_float("loss_dct_weight", None, "Weight of the L1 on 2-D DCT coefficients."),
+    "kd_weight": flags.DEFINE_float("loss_kd_weight", None, "Weight of the confidence-weighted KD term."),
+    "gamma": flags.DEFINE_float("loss_gamma", None, "KD confidence: w = clip(exp(-gamma e), w_min, w_max)."),
+    "w_min": flags.DEFINE_float("loss_w_min", None, "Smallest KD pixel weight."),
+    "w_max": flags.DEFINE_float("loss_w_max", None, "Largest KD pixel weight."),
+}
+_QAT_FLAGS = {
+    "phase_a": flags.DEFINE_float("qat_phase_a", None, "Fraction of QAT steps with live observers."),
+    "phase_b": flags.DEFINE_float("qat_phase_b", None,
+                                  "Fraction with activation grids frozen; the rest freezes all grids."),
+    "kernel_clip": flags.DEFINE_enum("qat_kernel_clip", None, ["none", "std", "percentile"],
+                                     "Per-channel outlier clipping of each fused kernel at QAT start."),
+    "kernel_clip_value": flags.DEFINE_float("qat_kernel_clip_value", None,
+                                            "k of mean +- k std, or the upper percentile."),
+}
 _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 
@@ -39,11 +57,17 @@ def main(argv):
     overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
                  "time_budget_minutes": _BUDGET.value}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    loss = {k: f.value for k, f in _LOSS_FLAGS.items() if f.value is not None}
+    qat = {k: f.value for k, f in _QAT_FLAGS.items() if f.value is not None}
     if _QAT_GRAPH.value:
-        if config.stage != 3:
-            raise app.UsageError("--qat_graph applies to --stage=3 only")
-        config = config.replace(qat={**config.qat, "graph": _QAT_GRAPH.value})
-    run_info = {name: flags.FLAGS[name].value for name in flags.FLAGS if name in _OWN_FLAGS}
+        qat["graph"] = _QAT_GRAPH.value
+    if loss and config.loss.get("name") == "l1":
+        raise app.UsageError("--loss_* flags apply to the Stage-2 loss (Stages 2 and 3)")
+    if qat and config.stage != 3:
+        raise app.UsageError("--qat_* flags apply to --stage=3 only")
+    config = config.replace(loss={**config.loss, **loss}, qat={**config.qat, **qat})
+    run_info = {name: flags.FLAGS[name].value for name in flags.FLAGS
+                if name in _OWN_FLAGS or name.startswith(("loss_", "qat_"))}
     metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,
                         init_from=_INIT.value, teacher_records=_TEACHER.value,
                         strategy=_STRATEGY.value, run_info=run_info)
