@@ -122,42 +122,6 @@ class ConvQuantizeConfig(_QuantizeConfig):
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")
-class AddQuantizeConfig(_QuantizeConfig):
-    """Add: only the sum is quantized, with a freezable moving-average range.
-
-    Args:
-        ema_decay: initial moving-average decay of the output range.
-        percentile: batch statistic of the output range (`quantizers.batch_range`).
-    """
-
-    def __init__(self, ema_decay=0.999, percentile=100.0):
-        self.ema_decay = float(ema_decay)
-        self.percentile = float(percentile)
-        self.output_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return [self.output_quantizer]
-
-    def output_vars(self):
-        return self.output_quantizer.built_vars[0]
-
-    def get_config(self):
-        return {"ema_decay": self.ema_decay, "percentile": self.percentile}
-
-
-@keras.utils.register_keras_serializable(package="keras_sr")
 class NoOpQuantizeConfig(_QuantizeConfig):
     """Leaves a weightless layer (depth-to-space) without any fake-quant."""
 
@@ -178,6 +142,30 @@ class NoOpQuantizeConfig(_QuantizeConfig):
 
     def get_config(self):
         return {}
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class AddQuantizeConfig(NoOpQuantizeConfig):
+    """Add: only the sum is quantized, with a freezable moving-average range.
+
+    Args:
+        ema_decay: initial moving-average decay of the output range.
+        percentile: batch statistic of the output range (`quantizers.batch_range`).
+    """
+
+    def __init__(self, ema_decay=0.999, percentile=100.0):
+        self.ema_decay = float(ema_decay)
+        self.percentile = float(percentile)
+        self.output_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
+
+    def get_output_quantizers(self, layer):
+        return [self.output_quantizer]
+
+    def output_vars(self):
+        return self.output_quantizer.built_vars[0]
+
+    def get_config(self):
+        return {"ema_decay": self.ema_decay, "percentile": self.percentile}
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")
