@@ -2,22 +2,25 @@
 
 A predictor maps an LR image, uint8 [h, w, 3] RGB, to its SR image, uint8 [scale*h, scale*w, 3].
 Grayscale images (Set14 `bridge`) are given to it as three equal channels and scored on one plane
-(`keras_sr.metrics`). `make_predictor` builds one from a spec:
+(`keras_sr.common.metrics`). `make_predictor` builds one from a spec:
 
 * "bicubic": MATLAB-compatible bicubic upscaling of the LR (the usual baseline row);
-* a training work directory or checkpoint prefix (`keras_sr.train.restore.load_model`): the model
-  runs on the whole LR image as float [0, 1], its output is clamped, x255 and rounded;
+* a training work directory or checkpoint prefix: the model the run trains
+  (`keras_sr.workdir.WorkDir.trained_form`) runs on the whole LR image as float [0, 1], its output
+  is clamped, x255 and rounded;
 * a ".tflite" file (`keras_sr.export.tflite_runner.TFLitePredictor`).
 """
 import os
 import time
 
 import numpy as np
+import tensorflow as tf
 
-from keras_sr import metrics
-from keras_sr.data import image_io
+from keras_sr.common import image_io, metrics
 from keras_sr.data.benchmark import load_benchmark
 from keras_sr.data.matlab_resize import matlab_upscale
+from keras_sr.export.tflite_runner import TFLitePredictor
+from keras_sr.workdir import WorkDir
 
 METRIC_KEYS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 
@@ -29,8 +32,6 @@ def bicubic_predictor(scale=3):
 
 def keras_model_predictor(model):
     """Wraps a Keras model (float [1, h, w, 3] in [0, 1] -> [1, s*h, s*w, 3]) as a predictor."""
-    import tensorflow as tf
-
     predict = tf.function(lambda x: model(x, training=False),
                           input_signature=[tf.TensorSpec([1, None, None, 3], tf.float32)],
                           reduce_retracing=True)
@@ -53,13 +54,9 @@ def make_predictor(spec, scale=3):
     if spec.endswith(".tflite"):
         if not os.path.isfile(spec):
             raise FileNotFoundError(f"TFLite model {spec} does not exist")
-        from keras_sr.export.tflite_runner import TFLitePredictor
-
         return TFLitePredictor(spec)
-    from keras_sr.train.restore import load_model
-
-    model, _ = load_model(spec)
-    return keras_model_predictor(model)
+    run = WorkDir.open(spec)
+    return keras_model_predictor(run.load(run.trained_form))
 
 
 def evaluate_benchmark(predict_fn, data_dir, scale=3, crop_border=None):

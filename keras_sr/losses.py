@@ -7,15 +7,16 @@ over the replica's local batch; the trainer divides it by the number of replicas
 gradients are summed across replicas. All losses trace inside `tf.function`, also with unknown
 (None) batch, height and width.
 
-The trainer uses one entry point, `make_loss(spec, with_teacher)`: spec "l1" for Stage 1, "stage2"
-or a `LossConfig` for Stages 2 and 3, or the dict form a training config stores ({"name": "l1"} or
-{"name": "stage2", **LossConfig fields}). It returns a `CompositeLoss`, called as
-`loss(y_hat, batch) -> (total, terms)` with `batch` a dict from `keras_sr.data.make_train_dataset`.
+The trainer uses one entry point, `make_loss(config, with_teacher)` with a
+`keras_sr.configs.LossConfig` (the weights and constants of every term). It returns a
+`CompositeLoss`, called as `loss(y_hat, batch) -> (total, terms)` with `batch` a dict from
+`keras_sr.data.make_train_dataset`.
 """
-import dataclasses
 import math
 
 import tensorflow as tf
+
+from keras_sr.configs import LossConfig
 
 
 def _as_float32(x):
@@ -181,62 +182,11 @@ def confidence_kd(y_hat, teacher, y, gamma, w_min, w_max):
     return tf.reduce_mean(weights * distance)
 
 
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Weights and constants of the composite training loss (total = sum of weight * term).
-
-    The defaults are the Stage-2 loss. A term whose weight is 0 is neither computed nor logged.
-
-    Attributes:
-        l1_weight: weight of `l1(y_hat, hr)`, the Stage-1 loss (see `make_loss("l1")`).
-        charbonnier_weight: weight of `charbonnier(y_hat, hr, eps)`, the main Stage-2 term.
-        dct_weight: weight of `dct_l1(y_hat, hr)`. For noise-like errors an orthonormal transform
-            keeps the L1 magnitude about as in pixel space, so 0.1 makes the frequency term a
-            sharpening regulariser beside the pixel loss rather than a second main objective.
-        kd_weight: weight of `confidence_kd`. Both it and Charbonnier are mean absolute errors on
-            [0, 1], so 0.5 keeps the ground truth the main target while the teacher still guides
-            where it is confident. Used only when teacher images are given.
-        gamma: KD confidence sharpness. 20 gives w = exp(-1) = 0.37 at a teacher error of 0.05
-            (about 13 of 255 levels), w = 0.92 at one level, and w_min = 0.1 from 0.115 (29 levels).
-        w_min: KD weight floor, so no pixel's teacher signal is dropped entirely.
-        w_max: KD weight ceiling; 1.0 = exp(0) leaves exact teacher pixels unclipped.
-        eps: Charbonnier epsilon (inside the square root as eps^2).
-    """
-
-    l1_weight: float = 0.0
-    charbonnier_weight: float = 1.0
-    dct_weight: float = 0.1
-    kd_weight: float = 0.5
-    gamma: float = 20.0
-    w_min: float = 0.1
-    w_max: float = 1.0
-    eps: float = 1e-3
-
-    def __post_init__(self):
-        for name in ("l1_weight", "charbonnier_weight", "dct_weight", "kd_weight", "gamma"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"loss {name} must be a finite number >= 0, got {value}")
-        if not 0 <= self.w_min <= self.w_max:
-            raise ValueError(f"loss weights need 0 <= w_min <= w_max, got w_min={self.w_min}, "
-                             f"w_max={self.w_max}")
-        if not self.eps > 0:
-            raise ValueError(f"loss eps (Charbonnier) must be > 0, got {self.eps}")
-        if self.l1_weight == self.charbonnier_weight == self.dct_weight == 0:
-            raise ValueError("loss needs a ground-truth term: l1_weight, charbonnier_weight or "
-                             "dct_weight must be > 0 (the KD term alone is not a training loss)")
-
-    @property
-    def uses_teacher(self):
-        """True when the KD term is on, i.e. training wants teacher records."""
-        return self.kd_weight > 0
-
-
 class CompositeLoss:
     """Weighted sum of the losses in this module, every term also reported on its own for logging.
 
     Args:
-        config: a `LossConfig`.
+        config: a `keras_sr.configs.LossConfig`.
     """
 
     def __init__(self, config):
@@ -284,36 +234,19 @@ class CompositeLoss:
         return self.compute(y_hat, batch["hr"], batch.get("teacher"))
 
 
-_STAGE1 = LossConfig(l1_weight=1.0, charbonnier_weight=0.0, dct_weight=0.0, kd_weight=0.0)
-
-
-def make_loss(spec, with_teacher=True):
-    """The training loss for a stage.
+def make_loss(config, with_teacher=True):
+    """The training loss of a `keras_sr.configs.LossConfig`.
 
     Args:
-        spec: "l1" (Stage 1: plain L1), "stage2" (the `LossConfig` defaults: Charbonnier + DCT +
-            KD), a `LossConfig`, or a dict {"name": "l1"} / {"name": "stage2", **LossConfig
-            fields} as stored in a training config (the fields override the Stage-2 defaults).
+        config: a `LossConfig` (Stage 1: `LossConfig.l1_only()`; Stages 2 and 3: the Stage-2 loss).
         with_teacher: whether batches carry "teacher" images. False drops the KD term (Stage 2
             without teacher records runs Charbonnier + DCT only).
 
     Returns:
         A `CompositeLoss`, called as `loss(y_hat, batch) -> (total, terms)`.
     """
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    if isinstance(spec, LossConfig):
-        config = spec
-    elif isinstance(spec, dict) and spec.get("name") in ("l1", "stage2"):
-        fields = {key: value for key, value in spec.items() if key != "name"}
-        known = {field.name for field in dataclasses.fields(LossConfig)}
-        if (spec["name"] == "l1" and fields) or set(fields) - known:
-            raise ValueError(f"bad loss config {spec!r}: 'l1' takes no fields, 'stage2' takes "
-                             f"LossConfig fields {sorted(known)}")
-        config = _STAGE1 if spec["name"] == "l1" else LossConfig(**fields)
-    else:
-        raise ValueError(f"unknown loss {spec!r}: expected 'l1', 'stage2', a LossConfig or a "
-                         "dict with one of those names")
+    if not isinstance(config, LossConfig):
+        raise ValueError(f"make_loss needs a keras_sr.configs.LossConfig, got {config!r}")
     if not with_teacher and config.uses_teacher:
-        config = dataclasses.replace(config, kd_weight=0.0)
+        config = config.replace(kd_weight=0.0)
     return CompositeLoss(config)

@@ -17,9 +17,9 @@ import os
 from absl import logging
 
 from keras_sr import configs, data, evaluate
-from keras_sr.export import tflite_lib
+from keras_sr.common import fileio
+from keras_sr.export import files, tflite_lib
 from keras_sr.train import lib
-from keras_sr.train import workdir as wd
 
 
 def _prepared(folder):
@@ -62,7 +62,7 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
         previous = stage_dir
 
     tflite_path = os.path.join(workdir, "export", "student_int8.tflite")
-    export = tflite_lib.export_workdir(previous, tflite_path, tuple(input_shape), "uint8", "int8")
+    export = files.export_workdir(previous, tflite_path, tuple(input_shape), "uint8", "int8")
     models = {"bicubic": "bicubic", "fp32_stage2": os.path.join(workdir, "stage2"),
               "int8_tflite": tflite_path}
     scores = {}
@@ -72,5 +72,5 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
             scores.setdefault(data_dir, {})[name] = {k: result[k] for k in evaluate.METRIC_KEYS}
             logging.info("%s on %s: PSNR-Y %.3f dB", name, data_dir, result["psnr_y"])
     summary = {"flags": run_info or {}, "stages": stage_metrics, "export": export, "scores": scores}
-    wd.write_json(os.path.join(workdir, "summary.json"), summary)
+    fileio.write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

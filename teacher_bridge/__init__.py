@@ -1,7 +1,8 @@
 """PyTorch MambaIRv2-Light teacher and the offline job that writes its outputs into TFRecords.
 
-This package imports torch and never keras_sr. `record_schema` is dependency-free so that keras_sr can
-read the same contract without torch; the torch-based entry points are therefore imported lazily.
+This package imports torch and, from keras_sr, only the dependency-free `keras_sr.common` (the record
+contract, file and image I/O, metrics), never TensorFlow: the teacher job runs where TensorFlow is
+absent. Importing the package itself loads no torch; the torch-based entry points are imported lazily.
 """
 
 

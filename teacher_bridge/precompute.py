@@ -11,26 +11,25 @@ The inputs are listed in a fixed order (sorted files, records in file order) and
 `num_shards` contiguous ranges, so machines can split the job with `shard_indices` and write into
 the same folder. Before writing, the teacher's Y-PSNR (BT.601, border = scale) against HR is
 compared with OpenCV bicubic upscaling on a few images: a wrong checkpoint or routing shows at once.
-No TensorFlow and no keras_sr here: the job runs where only torch is installed.
+No TensorFlow here: the job runs where only torch is installed, so from keras_sr it uses only the
+dependency-free `keras_sr.common`.
 """
 import dataclasses
-import glob
 import hashlib
-import json
 import logging
 import math
 import os
-import tempfile
 import time
 
 import cv2
 import numpy as np
 
-from teacher_bridge import inference, record_schema
+from keras_sr.common import fileio, image_io, metrics, record_schema
+from keras_sr.common.progress import format_duration
+from teacher_bridge import inference
 
 SHARD_PATTERN = "teacher-{index:05d}-of-{count:05d}.tfrecord"
 SUMMARY_FILE = "summary.json"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 NO_SEED = -1  # recorded as the seed when routing is deterministic (argmax)
 
 
@@ -42,65 +41,21 @@ class Item:
     record: int  # record number inside the TFRecord file; -1 for image files
 
 
-def write_json(path, obj):
-    """Writes `obj` as indented JSON to `path` atomically (temporary file, then rename)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def decode_rgb(data, name):
-    """Decodes 8-bit PNG/JPEG/BMP bytes into (H, W, 3) uint8 RGB (grey replicated, alpha dropped).
+def _decode_rgb(data, name):
+    """Decodes 8-bit PNG/JPEG/BMP bytes into (H, W, 3) uint8 RGB, grey replicated, alpha dropped.
 
     Raises:
-        ValueError: naming `name`, for undecodable data or another bit depth.
+        image_io.ImageError (a ValueError): naming `name`, for undecodable data or another bit depth.
     """
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"{name}: not a decodable PNG/JPEG/BMP image")
-    if image.dtype != np.uint8:
-        raise ValueError(f"{name}: {image.dtype} pixels; only 8-bit images are supported")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[-1] == 1:
-        return np.repeat(image, 3, axis=-1)
-    return np.ascontiguousarray(image[..., 2::-1])  # BGR(A) -> RGB
-
-
-def encode_png(rgb):
-    """(H, W, 3) uint8 RGB -> PNG bytes."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise ValueError(f"PNG encoding failed for an image of shape {rgb.shape}")
-    return data.tobytes()
-
-
-def _record_files(spec):
-    """SR record files of a file, a folder (its *.tfrecord) or a glob, sorted."""
-    if os.path.isdir(spec):
-        files = glob.glob(os.path.join(spec, "*.tfrecord"))
-    elif os.path.isfile(spec):
-        files = [spec]
-    else:
-        files = glob.glob(spec)
-    if not files:
-        raise FileNotFoundError(f"no TFRecord files found for records={spec!r}")
-    return sorted(files)
+    return image_io.to_rgb(image_io.decode_image(data, name))
 
 
 def list_inputs(records=None, images=None, id_prefix=None):
     """Lists the input images in a fixed order.
 
     Args:
-        records: SR TFRecords (`record_schema.SR_FEATURES`): a file, a folder or a glob.
+        records: SR TFRecords (`record_schema.SR_FEATURES`): a file, a folder, a glob or a list of
+            them (see `record_schema.list_record_files`).
         images: instead of records, a folder of LR images (PNG/JPEG/BMP, not recursive).
         id_prefix: images only: ids are "<id_prefix>/<file stem>" (default: the folder's name),
             as `tools/prepare_data.py` names the records of a folder source.
@@ -115,7 +70,7 @@ def list_inputs(records=None, images=None, id_prefix=None):
         raise ValueError("give exactly one of records= (SR TFRecords) and images= (LR folder)")
     items, seen = [], {}
     if records is not None:
-        for path in _record_files(records):
+        for path in record_schema.list_record_files(records):
             for number, data in enumerate(record_schema.read_tfrecord(path, verify=False)):
                 image_id = _decode_sr(data, path, number)["image_id"].decode("utf-8")
                 items.append(Item(image_id, path, number))
@@ -125,7 +80,7 @@ def list_inputs(records=None, images=None, id_prefix=None):
         prefix = os.path.basename(os.path.normpath(images)) if id_prefix is None else id_prefix
         for name in sorted(os.listdir(images)):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in IMAGE_EXTENSIONS:
+            if ext.lower() in image_io.IMAGE_EXTENSIONS:
                 items.append(Item(f"{prefix}/{stem}" if prefix else stem,
                                   os.path.join(images, name), -1))
     for item in items:
@@ -157,8 +112,7 @@ def _read_items(items, scale):
         by_file.setdefault(item.path, {})[item.record] = item
     for path, wanted in by_file.items():
         if -1 in wanted:  # an image file
-            with open(path, "rb") as f:
-                yield wanted[-1], decode_rgb(f.read(), path), None
+            yield wanted[-1], image_io.to_rgb(image_io.read_image(path)), None
             continue
         last = max(wanted)
         for number, data in enumerate(record_schema.read_tfrecord(path)):
@@ -167,20 +121,10 @@ def _read_items(items, scale):
                 name = f"{path} record {number} ({wanted[number].image_id})"
                 if rec["scale"] != scale:
                     raise ValueError(f"{name} has scale {rec['scale']}, the teacher is x{scale}")
-                yield (wanted[number], decode_rgb(rec["lr_png"], name + " lr_png"),
-                       decode_rgb(rec["hr_png"], name + " hr_png"))
+                yield (wanted[number], _decode_rgb(rec["lr_png"], name + " lr_png"),
+                       _decode_rgb(rec["hr_png"], name + " hr_png"))
             if number == last:
                 break
-
-
-def psnr_y(a, b, border):
-    """Y-channel PSNR (BT.601 as MATLAB's rgb2ycbcr, float) of uint8 RGB images, border cropped."""
-    weights = np.array([65.481, 128.553, 24.966]) / 255.0
-    ya, yb = (16.0 + x.astype(np.float64) @ weights for x in (a, b))
-    if border:
-        ya, yb = ya[border:-border, border:-border], yb[border:-border, border:-border]
-    mse = np.mean((ya - yb) ** 2)
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
 
 
 class Progress:
@@ -207,14 +151,7 @@ class Progress:
         filled = int(30 * self.done / max(self.total, 1))
         logging.info("[%s%s] %d/%d %s, %.3f/s, elapsed %s, ETA %s", "#" * filled,
                      "." * (30 - filled), self.done, self.total, self.what, rate,
-                     _clock(elapsed), _clock(eta))
-
-
-def _clock(seconds):
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+                     format_duration(elapsed), format_duration(eta))
 
 
 class _Teacher:
@@ -245,8 +182,9 @@ def check_against_bicubic(teacher, items, count):
             continue
         hr = hr[:s * lr.shape[0], :s * lr.shape[1]]
         bicubic = cv2.resize(lr, (hr.shape[1], hr.shape[0]), interpolation=cv2.INTER_CUBIC)
-        rows.append({"image_id": item.image_id, "teacher_psnr_y": psnr_y(out, hr, s),
-                     "bicubic_psnr_y": psnr_y(bicubic, hr, s)})
+        rows.append({"image_id": item.image_id,
+                     "teacher_psnr_y": metrics.psnr(out, hr, crop_border=s, y_channel=True),
+                     "bicubic_psnr_y": metrics.psnr(bicubic, hr, crop_border=s, y_channel=True)})
         logging.info("check %s: teacher %.2f dB, bicubic %.2f dB (Y, border %d)", item.image_id,
                      rows[-1]["teacher_psnr_y"], rows[-1]["bicubic_psnr_y"], s)
     report = {"images": rows}
@@ -265,20 +203,6 @@ def check_against_bicubic(teacher, items, count):
 def _shard_ranges(num_items, num_shards):
     return [(k * num_items // num_shards, (k + 1) * num_items // num_shards)
             for k in range(num_shards)]
-
-
-def _shard_paths(output_dir, index, count):
-    path = os.path.join(output_dir, SHARD_PATTERN.format(index=index, count=count))
-    return path, os.path.splitext(path)[0] + ".json"
-
-
-def _finished(output_dir, index, count, settings):
-    path, meta_path = _shard_paths(output_dir, index, count)
-    if not (os.path.isfile(path) and os.path.isfile(meta_path)):
-        return None
-    with open(meta_path) as f:
-        meta = json.load(f)
-    return meta if meta.get("settings") == settings else None
 
 
 def precompute(model, output_dir, records=None, images=None, id_prefix=None, num_shards=8,
@@ -320,7 +244,9 @@ def precompute(model, output_dir, records=None, images=None, id_prefix=None, num
     }
     os.makedirs(output_dir, exist_ok=True)
     ranges = _shard_ranges(len(items), num_shards)
-    pending = [k for k in shard_indices if _finished(output_dir, k, num_shards, settings) is None]
+    paths = [os.path.join(output_dir, SHARD_PATTERN.format(index=k, count=num_shards))
+             for k in range(num_shards)]
+    pending = [k for k in shard_indices if record_schema.finished_shard(paths[k], settings) is None]
     for k in sorted(set(shard_indices) - set(pending)):
         logging.info("shard %d of %d is finished; skipping it", k, num_shards)
     teacher = _Teacher(model, tile, overlap, batch_size)
@@ -340,20 +266,20 @@ def precompute(model, output_dir, records=None, images=None, id_prefix=None, num
             stats["images"] += 1
             progress.update()
             yield record_schema.encode_example(
-                {"image_id": item.image_id, "teacher_png": encode_png(out),
+                {"image_id": item.image_id, "teacher_png": image_io.encode_png(out),
                  "height": out.shape[0], "width": out.shape[1], **fixed},
                 record_schema.TEACHER_FEATURES)
 
     for k in pending:
-        path, meta_path = _shard_paths(output_dir, k, num_shards)
+        path = paths[k]
         stats = {"file": os.path.basename(path), "images": 0, "settings": settings}
         shard_start = time.time()
         record_schema.write_tfrecord(path, encode_shard(items[slice(*ranges[k])], stats))
         stats["seconds"] = round(time.time() - shard_start, 1)
-        write_json(meta_path, stats)
+        fileio.write_json(record_schema.shard_json_path(path), stats)
         logging.info("wrote %s: %d images in %.0f s", path, stats["images"], stats["seconds"])
 
-    finished = [k for k in range(num_shards) if _finished(output_dir, k, num_shards, settings)]
+    finished = [k for k, path in enumerate(paths) if record_schema.finished_shard(path, settings)]
     summary = {
         **settings,
         "inputs": sorted({item.path for item in items}),
@@ -363,5 +289,5 @@ def precompute(model, output_dir, records=None, images=None, id_prefix=None, num
         "check": check,
         "seconds": round(time.time() - start, 1),
     }
-    write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+    fileio.write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
     return summary

@@ -5,9 +5,15 @@ not in a user's clone; tests that need it skip with a reason that says so.
 """
 import os
 import pathlib
+import types
 
 import keras_sr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+import numpy as np
 import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from keras_sr import configs, models, quant
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("KERAS_SR_SHARED", REPO_ROOT.parent / "shared"))
@@ -33,3 +39,73 @@ def require_shared(*parts):
         pytest.skip(f"{path} is absent: this test needs the ../shared folder beside the checkout "
                     "(present on CI, not in a plain clone)")
     return path
+
+
+# --------------------------------------------------------------------------------------------------
+# A trained QAT model, shared by test_qat.py and test_export.py.
+
+TOTAL_STEPS = 30
+QAT_CONFIG = configs.QATConfig(phase_a=0.4, phase_b=0.3, calibration_batches=4)
+
+
+def fused_student(channels=32, num_blocks=8):
+    """The deploy-form student (82,683 parameters at the defaults)."""
+    return models.build_student(reparameterized=True, channels=channels, num_blocks=num_blocks)
+
+
+def synthetic_pair(rng, batch=4, size=16, scale=3):
+    """Smooth random RGB images: (LR on the 1/255 grid, HR) float32 in [0, 1]."""
+    noise = rng.uniform(0.0, 1.0, (batch, size // 4 + 2, size // 4 + 2, 3)).astype(np.float32)
+    hr = tf.clip_by_value(tf.image.resize(noise, (size * scale, size * scale), "bicubic"), 0, 1)
+    lr = tf.nn.avg_pool2d(hr, scale, scale, "VALID").numpy()
+    return np.round(lr * 255.0) / 255.0, hr.numpy()
+
+
+def ranges(q_model, group):
+    return [np.concatenate([np.ravel(v["min_var"].numpy()), np.ravel(v["max_var"].numpy())])
+            for v in quant.quantizer_variables(q_model, group)]
+
+
+def kernels(q_model):
+    return [quant.latent_conv_weights(w)[0].numpy()
+            for w in quant.conv_wrappers(q_model)]
+
+
+def make_train_step(q_model, optimizer):
+    @tf.function
+    def train_step(lr, hr):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.abs(q_model(lr, training=True) - hr))
+        grads = tape.gradient(loss, q_model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, q_model.trainable_variables))
+        quant.post_update(q_model)
+        return loss
+
+    return train_step
+
+
+@pytest.fixture(scope="session")
+def qat_run():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    fused = fused_student()
+    q_model = quant.build_qat_model(fused, QAT_CONFIG)
+    pairs = [synthetic_pair(rng) for _ in range(6)]
+    quant.calibrate(q_model, (lr for lr, _ in pairs), QAT_CONFIG)
+    optimizer = keras.optimizers.Adam(2e-3)
+    train_step = make_train_step(q_model, optimizer)
+    snapshots, traces_after_first = {}, None
+    for step in range(1, TOTAL_STEPS + 1):
+        phase = quant.phase_for_step(QAT_CONFIG, step, TOTAL_STEPS)
+        if phase not in snapshots:
+            snapshots[phase] = (ranges(q_model, "activation"), ranges(q_model, "weight"),
+                                kernels(q_model))
+        quant.set_phase(q_model, phase)
+        train_step(*pairs[step % len(pairs)])
+        if traces_after_first is None:
+            traces_after_first = train_step.experimental_get_tracing_count()
+    snapshots["end"] = (ranges(q_model, "activation"), ranges(q_model, "weight"),
+                        kernels(q_model))
+    return types.SimpleNamespace(q_model=q_model, fused=fused, optimizer=optimizer,
+                                 train_step=train_step, pairs=pairs, snapshots=snapshots,
+                                 traces_after_first=traces_after_first)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from conftest import require_shared
 
-from keras_sr.data import benchmark, builtin, image_io, load_benchmark, prepare_records
+from keras_sr.common import image_io
+from keras_sr.common import record_schema as rs
+from keras_sr.data import benchmark, builtin, load_benchmark, prepare_records
 from keras_sr.data.matlab_resize import matlab_downscale, matlab_upscale, modcrop
 from keras_sr.data.pipeline import make_train_dataset
-from teacher_bridge import record_schema as rs
 
 
 # --- MATLAB bicubic rule. -------------------------------------------------------------------------

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
+from conftest import fused_student, synthetic_pair
 
-from keras_sr import quant
-from keras_sr.export import tflite_lib, tflite_runner
-from test_qat import fused_student, qat_run, synthetic_pair  # noqa: F401  (shared session fixture)
+from keras_sr import configs, quant, workdir
+from keras_sr.common import fileio, metrics
+from keras_sr.export import files, parity, tflite_lib, tflite_runner
 
 SHAPE = (1, 48, 64, 3)
 PARAMETERS = 82_683  # 3x3 convs 3->32, 8 x 32->32, 32->27, with biases
@@ -25,7 +26,7 @@ def _lr_images(seed, count, height, width):
 
 
 @pytest.fixture(scope="session")
-def int8_blob(qat_run):  # noqa: F811
+def int8_blob(qat_run):
     return tflite_lib.convert_qat(qat_run.q_model, SHAPE)
 
 
@@ -41,7 +42,7 @@ def test_int8_graph_is_fully_integer(int8_blob):
         assert tensor["scale"] == pytest.approx(1 / 255, rel=1e-6) and tensor["zero_point"] == 0
 
 
-def test_biases_match_the_converters_int32_grid(qat_run, int8_blob):  # noqa: F811
+def test_biases_match_the_converters_int32_grid(qat_run, int8_blob):
     """The fake-quant bias of every conv equals the int32 bias the converter stored."""
     interpreter = litert.Interpreter(
         model_content=int8_blob,
@@ -49,32 +50,32 @@ def test_biases_match_the_converters_int32_grid(qat_run, int8_blob):  # noqa: F8
     interpreter.allocate_tensors()
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     convs = [op for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"]
-    wrappers = quant.qat.conv_wrappers(qat_run.q_model)
+    wrappers = quant.conv_wrappers(qat_run.q_model)
     assert len(convs) == len(wrappers)
     for op, wrapper in zip(convs, wrappers):
         bias_index = op["inputs"][2]
         stored = interpreter.get_tensor(bias_index).astype(np.float64)
         scales = tensors[bias_index]["quantization_parameters"]["scales"]
-        _, bias = quant.qat.latent_conv_weights(wrapper)
+        _, bias = quant.latent_conv_weights(wrapper)
         emulated = wrapper.quantize_config.bias_quantizer(bias, False, {}).numpy()
         np.testing.assert_allclose(emulated, stored * scales, rtol=1e-6, atol=1e-9,
                                    err_msg=wrapper.name)
 
 
-def test_int8_tflite_matches_keras_qat(qat_run, int8_blob):  # noqa: F811
+def test_int8_tflite_matches_keras_qat(qat_run, int8_blob):
     predictor = tflite_runner.TFLitePredictor(int8_blob, num_threads=2)
     images = [(f"synthetic{i}", lr) for i, lr in enumerate(_lr_images(10, 3, *SHAPE[1:3]))]
-    report = tflite_lib.parity_report(qat_run.q_model, predictor, images)
+    report = parity.parity_report(qat_run.q_model, predictor, images)
     overall = report["overall"]
     print("INT8 TFLite (XNNPACK) vs Keras QAT:", overall)
     # The QAT model rounds every conv like XNNPACK (exact requantization): bit-identical outputs.
     assert overall["identical"] == 100.0, overall
-    assert overall["within_1"] >= tflite_lib.PARITY_MIN_WITHIN_1, overall
-    assert overall["max_diff"] <= tflite_lib.PARITY_MAX_DIFF, overall
+    assert overall["within_1"] >= parity.PARITY_MIN_WITHIN_1, overall
+    assert overall["max_diff"] <= parity.PARITY_MAX_DIFF, overall
     assert overall["ok"]
 
 
-def test_int8_io_option(qat_run):  # noqa: F811
+def test_int8_io_option(qat_run):
     info = tflite_lib.describe(tflite_lib.convert_qat(qat_run.q_model, (1, 16, 24, 3), io="int8"))
     assert "QUANTIZE" not in info["ops"]
     for tensor in info["inputs"] + info["outputs"]:
@@ -83,15 +84,15 @@ def test_int8_io_option(qat_run):  # noqa: F811
 
 
 @pytest.fixture(scope="session")
-def float_export(qat_run):  # noqa: F811
+def float_export(qat_run):
     twin = quant.float_twin(qat_run.q_model, fused_student())
     return twin, tflite_lib.convert_float(twin, SHAPE)
 
 
-def test_float_export_matches_keras(qat_run, float_export):  # noqa: F811
+def test_float_export_matches_keras(qat_run, float_export):
     twin, blob = float_export
-    for wrapper in quant.qat.conv_wrappers(qat_run.q_model):
-        for latent, copied in zip(quant.qat.latent_conv_weights(wrapper),
+    for wrapper in quant.conv_wrappers(qat_run.q_model):
+        for latent, copied in zip(quant.latent_conv_weights(wrapper),
                                   twin.get_layer(wrapper.layer.name).weights):
             np.testing.assert_array_equal(latent.numpy(), copied.numpy())
     x = np.random.default_rng(5).uniform(0, 1, SHAPE).astype(np.float32)
@@ -122,7 +123,7 @@ def test_tile_spans_cover_the_image_with_clean_cores(size, tile, margin):
             assert following[1] == end
 
 
-def test_tiled_run_equals_whole_image_run(qat_run, int8_blob):  # noqa: F811
+def test_tiled_run_equals_whole_image_run(qat_run, int8_blob):
     tiled = tflite_runner.TFLitePredictor(int8_blob, num_threads=2)
     assert tiled.tile_shape == (48, 64) and tiled.margin == 12  # receptive radius 10, plus 2
     whole = tflite_runner.TFLitePredictor(
@@ -138,20 +139,20 @@ def test_tiled_run_equals_whole_image_run(qat_run, int8_blob):  # noqa: F811
                                   whole(small)[:keep[0], :keep[1]])
 
 
-def test_ptq_export_is_fully_integer_and_close_to_float(qat_run, float_export):  # noqa: F811
+def test_ptq_export_is_fully_integer_and_close_to_float(qat_run, float_export):
     twin, _ = float_export
     samples = [lr[None].astype(np.float32) / 255 for lr in _lr_images(30, 4, *SHAPE[1:3])]
     blob = tflite_lib.convert_ptq(twin, samples, SHAPE)
     assert set(tflite_lib.describe(blob)["ops"]) == tflite_lib.INT8_OPS
     (lr,) = _lr_images(40, 1, *SHAPE[1:3])
-    reference = tflite_lib.keras_uint8(twin, lr)
-    stats = tflite_lib.parity_stats(reference, tflite_runner.TFLitePredictor(blob)(lr))
+    reference = parity.keras_uint8(twin, lr)
+    stats = parity.parity_stats(reference, tflite_runner.TFLitePredictor(blob)(lr))
     assert stats["psnr"] > 30.0, stats
 
 
-def test_write_export_files(qat_run, int8_blob, tmp_path):  # noqa: F811
+def test_write_export_files(qat_run, int8_blob, tmp_path):
     output = tmp_path / "out" / "student.tflite"
-    summary = tflite_lib.write_export(int8_blob, str(output), qat_run.q_model, {"note": "test"})
+    summary = files.write_export(int8_blob, str(output), qat_run.q_model, {"note": "test"})
     assert output.read_bytes() == int8_blob
     written = json.loads((tmp_path / "out" / "student.json").read_text())
     assert written == json.loads(json.dumps(summary))
@@ -165,30 +166,40 @@ def test_write_export_files(qat_run, int8_blob, tmp_path):  # noqa: F811
     assert len(flags) == 20 and all(bool(v.numpy()) for v in flags)
     x = qat_run.pairs[0][0]
     served = loaded.signatures["serving_default"](lr=tf.constant(x))["sr"].numpy()
-    np.testing.assert_array_equal(served, qat_run.q_model(x, training=False).numpy())
+    # The SavedModel runs the QAT model as a graph, and graph mode may round a tie differently
+    # from eager mode on some CPUs (1 of 27,648 values one level apart on a 2-core AVX2 machine,
+    # none on AVX-512), so the twin is held to the parity claim, not to bit identity.
+    stats = parity.parity_stats(metrics.to_uint8(qat_run.q_model(x, training=False).numpy()),
+                                metrics.to_uint8(served))
+    assert parity.parity_ok(stats) and stats["within_1"] == 100.0, stats
     # Writing again replaces the previous export.
-    tflite_lib.write_export(int8_blob, str(output), qat_run.q_model)
+    files.write_export(int8_blob, str(output), qat_run.q_model)
     assert "note" not in json.loads((tmp_path / "out" / "student.json").read_text())
 
 
-def test_load_qat_model_and_export_workdir(qat_run, int8_blob, tmp_path):  # noqa: F811
+def test_load_qat_model_and_export_workdir(qat_run, int8_blob, tmp_path):
     """A Stage-3 work directory (config.json + checkpoints/) round-trips through export_workdir."""
-    from keras_sr.configs import base
-    from keras_sr.train import workdir as wd
-
-    workdir = tmp_path / "stage3"
-    config = base.TrainConfig(stage=3, qat=quant.QATConfig(phase_a=0.4).to_dict())
-    wd.write_json(str(workdir / wd.CONFIG), config.to_dict())
+    run_dir = tmp_path / "stage3"
+    # config.json as the code before the typed configs wrote it: such work directories still load.
+    fileio.write_json(str(run_dir / workdir.CONFIG), {
+        "stage": 3, "model": {"block_type": "mobileone", "channels": 32, "num_blocks": 8,
+                              "num_branches": 4, "scale": 3},
+        "loss": {"name": "stage2", "charbonnier_weight": 1.0, "dct_weight": 0.1, "kd_weight": 0.5,
+                 "gamma": 20.0, "w_min": 0.1, "w_max": 1.0, "eps": 1e-3},
+        "qat": {"phase_a": 0.4, "phase_b": 0.3, "calibration_batches": 32, "ema_decay": 0.99,
+                "range_percentile": 99.99}, "lr_patch": 48, "batch_size": 16, "steps": 1500})
     checkpoint = tf.train.Checkpoint(model=qat_run.q_model, optimizer=qat_run.optimizer,
                                      step=tf.Variable(30, dtype=tf.int64))
-    tf.train.CheckpointManager(checkpoint, str(workdir / wd.CHECKPOINTS), 1).save()
+    tf.train.CheckpointManager(checkpoint, str(run_dir / workdir.CHECKPOINTS), 1).save()
 
-    loaded = quant.load_qat_model(str(workdir))
+    run = workdir.WorkDir.open(str(run_dir))
+    assert run.config.loss == configs.LossConfig() and run.config.qat == configs.QATConfig()
+    loaded = run.load("qat")
     x = qat_run.pairs[2][0]
     np.testing.assert_array_equal(loaded(x, training=False).numpy(),
                                   qat_run.q_model(x, training=False).numpy())
     output = tmp_path / "export" / "m.tflite"
-    summary = tflite_lib.export_workdir(str(workdir), str(output), SHAPE)
+    summary = files.export_workdir(str(run_dir), str(output), SHAPE)
     # The same model as converted in memory (the bytes differ only in generated tensor names).
     (lr,) = _lr_images(50, 1, *SHAPE[1:3])
     np.testing.assert_array_equal(tflite_runner.TFLitePredictor(str(output))(lr),

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sr import losses
+from keras_sr import configs, losses
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -156,7 +156,7 @@ def test_confidence_kd_matches_numpy_and_its_weights_carry_no_gradient():
 def test_stage2_loss_with_and_without_teacher():
     y_hat, hr = _images(10), _images(11)
     teacher = _noisy_teacher(hr, 12, 0.03)
-    cfg = losses.LossConfig(charbonnier_weight=1.0, dct_weight=0.3, kd_weight=0.7, gamma=15.0,
+    cfg = configs.LossConfig(charbonnier_weight=1.0, dct_weight=0.3, kd_weight=0.7, gamma=15.0,
                             w_min=0.2, w_max=0.9)
     loss = losses.make_loss(cfg)
     assert cfg.uses_teacher
@@ -180,23 +180,27 @@ def test_stage2_loss_with_and_without_teacher():
 
 
 def test_make_loss_from_the_stored_config_dict():
+    """config.json holds the loss as LossConfig fields, or (older runs) named "l1" / "stage2"."""
     y_hat, hr = _images(25), _images(26)
     teacher = _noisy_teacher(hr, 27, 0.04)
     fields = {"charbonnier_weight": 1.0, "dct_weight": 0.2, "kd_weight": 0.5, "gamma": 10.0,
               "w_min": 0.05, "w_max": 0.95, "eps": 1e-2}
-    loss = losses.make_loss({"name": "stage2", **fields})
-    assert loss.config == losses.LossConfig(**fields)
+    for stored in (fields, {"name": "stage2", **fields}):
+        config = configs.TrainConfig.from_dict({"stage": 2, "loss": stored}).loss
+        assert config == configs.LossConfig(**fields)
+    loss = losses.make_loss(config)
     total, _ = loss(y_hat, {"hr": hr, "teacher": teacher})
     np.testing.assert_allclose(total.numpy(), _stage2_reference(y_hat, hr, teacher, loss.config),
                                rtol=1e-5)
-    assert losses.make_loss({"name": "l1"}).config == losses.make_loss("l1").config
+    legacy_l1 = configs.TrainConfig.from_dict({"stage": 1, "loss": {"name": "l1"}}).loss
+    assert legacy_l1 == configs.LossConfig.l1_only()
     with pytest.raises(ValueError, match="kd_wieght"):
-        losses.make_loss({"name": "stage2", "kd_wieght": 1.0})
+        configs.TrainConfig.from_dict({"stage": 2, "loss": {"name": "stage2", "kd_wieght": 1.0}})
 
 
 def test_stage1_l1_loss_ignores_the_teacher():
     y_hat, hr = _images(13), _images(14)
-    loss = losses.make_loss("l1")
+    loss = losses.make_loss(configs.LossConfig.l1_only())
     assert not loss.config.uses_teacher
     total, terms = loss(y_hat, {"hr": hr, "teacher": _images(15)})
     assert list(terms) == ["l1"]
@@ -205,7 +209,7 @@ def test_stage1_l1_loss_ignores_the_teacher():
 
 
 def test_dynamic_shapes_in_tf_function_trace_once():
-    loss = losses.make_loss("stage2")
+    loss = losses.make_loss(configs.LossConfig())
     spec = tf.TensorSpec([None, None, None, 3], tf.float32)
 
     @tf.function(input_signature=[spec, spec, spec])
@@ -221,7 +225,7 @@ def test_dynamic_shapes_in_tf_function_trace_once():
 
 def test_per_replica_mean_under_mirrored_strategy():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-    loss = losses.make_loss("stage2")
+    loss = losses.make_loss(configs.LossConfig())
     y_hat, hr, teacher = _images(18), _images(19), _images(20)
 
     @tf.function
@@ -239,14 +243,16 @@ def test_per_replica_mean_under_mirrored_strategy():
 
 def test_bad_configs_and_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="w_min"):
-        losses.LossConfig(w_min=0.5, w_max=0.4)
+        configs.LossConfig(w_min=0.5, w_max=0.4)
     with pytest.raises(ValueError, match="gamma"):
-        losses.LossConfig(gamma=-1.0)
+        configs.LossConfig(gamma=-1.0)
     with pytest.raises(ValueError, match="ground-truth term"):
-        losses.LossConfig(charbonnier_weight=0.0, dct_weight=0.0)
-    with pytest.raises(ValueError, match="unknown loss"):
-        losses.make_loss("l2")
+        configs.LossConfig(charbonnier_weight=0.0, dct_weight=0.0)
+    with pytest.raises(ValueError, match="unknown loss name 'l2'"):
+        configs.TrainConfig.from_dict({"stage": 1, "loss": {"name": "l2"}})
+    with pytest.raises(ValueError, match="needs a keras_sr.configs.LossConfig"):
+        losses.make_loss("l1")
     with pytest.raises(ValueError, match="l1: shapes"):
-        losses.make_loss("l1")(_images(21, (1, 6, 6, 3)), {"hr": _images(22, (1, 9, 9, 3))})
+        losses.make_loss(configs.LossConfig.l1_only())(_images(21, (1, 6, 6, 3)), {"hr": _images(22, (1, 9, 9, 3))})
     with pytest.raises(KeyError, match="'hr'"):
-        losses.make_loss("l1")(_images(23), {"lr": _images(24)})
+        losses.make_loss(configs.LossConfig.l1_only())(_images(23), {"lr": _images(24)})

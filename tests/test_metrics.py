@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sr import metrics
+from keras_sr.common import metrics
 from keras_sr.data import builtin
 from keras_sr.data.matlab_resize import matlab_downscale, matlab_upscale, modcrop
 

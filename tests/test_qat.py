@@ -1,7 +1,8 @@
 """Stage-3 QAT library: BN recalibration, calibration, curriculum freezing, clipping, checkpoints.
 
-The session fixture `qat_run` (also used by test_export.py) builds the fused student's QAT model,
-calibrates it and trains it for a few steps of each phase on tiny synthetic images.
+The session fixture `qat_run` (conftest.py, also used by test_export.py) builds the fused
+student's QAT model, calibrates it and trains it for a few steps of each phase on tiny synthetic
+images.
 """
 import os
 import types
@@ -11,96 +12,37 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from keras_sr import models, quant
+from conftest import (QAT_CONFIG, TOTAL_STEPS, fused_student, kernels, make_train_step, ranges,
+                      synthetic_pair)
+
+from keras_sr import configs, models, quant, workdir
+from keras_sr.common import fileio
+from keras_sr.export import tflite_lib
 from keras_sr.models.depth_to_space import DepthToSpace
-
-TOTAL_STEPS = 30
-QAT_CONFIG = quant.QATConfig(phase_a=0.4, phase_b=0.3, calibration_batches=4)
-
-
-def fused_student(channels=32, num_blocks=8):
-    """The deploy-form student (82,683 parameters at the defaults)."""
-    return models.build_student(reparameterized=True, channels=channels, num_blocks=num_blocks)
-
-
-def synthetic_pair(rng, batch=4, size=16, scale=3):
-    """Smooth random RGB images: (LR on the 1/255 grid, HR) float32 in [0, 1]."""
-    noise = rng.uniform(0.0, 1.0, (batch, size // 4 + 2, size // 4 + 2, 3)).astype(np.float32)
-    hr = tf.clip_by_value(tf.image.resize(noise, (size * scale, size * scale), "bicubic"), 0, 1)
-    lr = tf.nn.avg_pool2d(hr, scale, scale, "VALID").numpy()
-    return np.round(lr * 255.0) / 255.0, hr.numpy()
-
-
-def _ranges(q_model, group):
-    return [np.concatenate([np.ravel(v["min_var"].numpy()), np.ravel(v["max_var"].numpy())])
-            for v in quant.qat.quantizer_variables(q_model, group)]
-
-
-def _kernels(q_model):
-    return [quant.qat.latent_conv_weights(w)[0].numpy()
-            for w in quant.qat.conv_wrappers(q_model)]
-
 
 def _max_change(before, after):
     return max(float(np.max(np.abs(a - b))) for a, b in zip(before, after))
 
 
-def make_train_step(q_model, optimizer):
-    @tf.function
-    def train_step(lr, hr):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.abs(q_model(lr, training=True) - hr))
-        grads = tape.gradient(loss, q_model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, q_model.trainable_variables))
-        quant.post_update(q_model)
-        return loss
-
-    return train_step
-
-
-@pytest.fixture(scope="session")
-def qat_run():
-    keras.utils.set_random_seed(0)
-    rng = np.random.default_rng(0)
-    fused = fused_student()
-    q_model = quant.build_qat_model(fused, QAT_CONFIG)
-    pairs = [synthetic_pair(rng) for _ in range(6)]
-    quant.calibrate(q_model, (lr for lr, _ in pairs), QAT_CONFIG)
-    optimizer = keras.optimizers.Adam(2e-3)
-    train_step = make_train_step(q_model, optimizer)
-    snapshots, traces_after_first = {}, None
-    for step in range(1, TOTAL_STEPS + 1):
-        phase = quant.phase_for_step(QAT_CONFIG, step, TOTAL_STEPS)
-        if phase not in snapshots:
-            snapshots[phase] = (_ranges(q_model, "activation"), _ranges(q_model, "weight"),
-                                _kernels(q_model))
-        quant.set_phase(q_model, phase)
-        train_step(*pairs[step % len(pairs)])
-        if traces_after_first is None:
-            traces_after_first = train_step.experimental_get_tracing_count()
-    snapshots["end"] = (_ranges(q_model, "activation"), _ranges(q_model, "weight"),
-                        _kernels(q_model))
-    return types.SimpleNamespace(q_model=q_model, fused=fused, optimizer=optimizer,
-                                 train_step=train_step, pairs=pairs, snapshots=snapshots,
-                                 traces_after_first=traces_after_first)
-
-
 def test_phase_schedule():
-    config = quant.QATConfig(phase_a=0.4, phase_b=0.3)
+    config = configs.QATConfig(phase_a=0.4, phase_b=0.3)
     phases = "".join(quant.phase_for_step(config, step, 10) for step in range(1, 11))
     assert phases == "AAAABBBCCC"
-    assert quant.phase_for_step(quant.QATConfig(phase_a=1.0, phase_b=0.0), 10, 10) == "A"
+    assert quant.phase_for_step(configs.QATConfig(phase_a=1.0, phase_b=0.0), 10, 10) == "A"
 
 
-@pytest.mark.parametrize("values", [{"phase_a": 0.8, "phase_b": 0.3}, {"phase_a": -0.1},
-                                    {"kernel_clip": "max"}, {"ema_decay": 1.0},
-                                    {"calibration_batches": 0}, {"phase_c": 0.2},
-                                    {"range_percentile": 50.0}, {"range_percentile": 100.1},
-                                    {"bias_rounding": False}, {"graph": "unfused"},
-                                    {"graph": "multibranch", "kernel_clip": "std"}])
-def test_qat_config_rejects_bad_values(values):
-    with pytest.raises(ValueError):
-        quant.QATConfig.from_dict(values)
+@pytest.mark.parametrize("values, message", [
+    ({"phase_a": 0.8, "phase_b": 0.3}, "sum to at most 1"), ({"phase_a": -0.1}, "non-negative"),
+    ({"kernel_clip": "max"}, "kernel_clip='max'"), ({"ema_decay": 1.0}, r"ema_decay=1.0 must be"),
+    ({"calibration_batches": 0}, "calibration_batches=0"), ({"phase_c": 0.2}, r"\['phase_c'\]"),
+    ({"range_percentile": 50.0}, r"range_percentile=50.0"),
+    ({"range_percentile": 100.1}, r"range_percentile=100.1"),
+    ({"bias_rounding": False}, "exact_requantization needs bias_rounding"),
+    ({"graph": "unfused"}, "graph='unfused'"),
+    ({"graph": "multibranch", "kernel_clip": "std"}, "use kernel_clip='none'")])
+def test_qat_config_rejects_bad_values(values, message):
+    with pytest.raises(ValueError, match=message):
+        configs.QATConfig.from_dict(values)
 
 
 def test_curriculum_freezes_ranges(qat_run):
@@ -123,8 +65,8 @@ def test_curriculum_freezes_ranges(qat_run):
 
 def test_phase_c_keeps_weights_in_frozen_ranges(qat_run):
     q_model = qat_run.q_model
-    for wrapper in quant.qat.conv_wrappers(q_model):
-        kernel, _ = quant.qat.latent_conv_weights(wrapper)
+    for wrapper in quant.conv_wrappers(q_model):
+        kernel, _ = quant.latent_conv_weights(wrapper)
         ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
         k, low, high = kernel.numpy(), ranges["min_var"].numpy(), ranges["max_var"].numpy()
         assert np.all(k >= low) and np.all(k <= high), wrapper.name
@@ -133,7 +75,7 @@ def test_phase_c_keeps_weights_in_frozen_ranges(qat_run):
 def test_post_update_clips_only_frozen_ranges():
     q_model = quant.build_qat_model(fused_student(channels=4, num_blocks=1), QAT_CONFIG)
     wrapper = q_model.get_layer("quant_block_0")
-    kernel, _ = quant.qat.latent_conv_weights(wrapper)
+    kernel, _ = quant.latent_conv_weights(wrapper)
     ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
     ranges["min_var"].assign(-0.1 * np.ones(4, np.float32))
     ranges["max_var"].assign(0.1 * np.ones(4, np.float32))
@@ -153,7 +95,7 @@ def test_post_update_clips_only_frozen_ranges():
 def test_calibration_is_the_exact_mean_of_batch_ranges(percentile):
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
-    config = quant.QATConfig(calibration_batches=4, range_percentile=percentile)
+    config = configs.QATConfig(calibration_batches=4, range_percentile=percentile)
     q_model = quant.build_qat_model(fused_student(channels=8, num_blocks=2), config)
     batches = [synthetic_pair(rng, batch=2)[0] for _ in range(config.calibration_batches)]
     assert quant.calibrate(q_model, batches, config) == len(batches)
@@ -163,7 +105,7 @@ def test_calibration_is_the_exact_mean_of_batch_ranges(percentile):
     # largest value (k = 1 at percentile 100, 5 of the 2 x 16 x 16 x 8 values at 99.9).
     k = {100.0: 1, 99.9: 5}[percentile]
     wrapper = q_model.get_layer("quant_stem")
-    kernel, bias = (v.numpy().astype(np.float64) for v in quant.qat.latent_conv_weights(wrapper))
+    kernel, bias = (v.numpy().astype(np.float64) for v in quant.latent_conv_weights(wrapper))
     s_w = np.abs(kernel).max(axis=(0, 1, 2)) / 127.0
     kernel_q = np.round(kernel / s_w) * s_w
     bias_q = np.round(bias / (s_w / 255.0)) * (s_w / 255.0)
@@ -174,7 +116,7 @@ def test_calibration_is_the_exact_mean_of_batch_ranges(percentile):
     np.testing.assert_allclose(stem_range["max_var"].numpy(), np.mean(highs), rtol=1e-5)
     # The decay variables are back at their training value.
     assert all(np.isclose(v["ema_decay"].numpy(), config.ema_decay)
-               for v in quant.qat.quantizer_variables(q_model, "activation"))
+               for v in quant.quantizer_variables(q_model, "activation"))
 
 
 def _integer_conv_reference(x_q, s_in, w_q, s_w, b_q, s_out):
@@ -290,10 +232,10 @@ def test_check_fused_fails_loudly():
     twin = keras.models.clone_model(model)
     twin.set_weights(model.get_weights())
     x = np.random.default_rng(3).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
-    assert quant.check_fused(model, twin, x) == 0.0
+    assert models.check_fused(model, twin, x) == 0.0
     twin.get_layer("tail").bias.assign_add(np.full(27, 1e-3, np.float32))
     with pytest.raises(ValueError, match="differs from the multi-branch model"):
-        quant.check_fused(model, twin, x)
+        models.check_fused(model, twin, x)
 
 
 @keras.utils.register_keras_serializable(package="test_qat")
@@ -360,11 +302,11 @@ def test_stage3_pipeline_on_the_training_form():
     student = models.build_student(channels=8, num_blocks=2, num_branches=2)
     batches = [synthetic_pair(rng, batch=2)[0] for _ in range(3)]
     recalibrated = quant.recalibrate_bn(student, batches, num_batches=3)
-    bns = quant.bn_recalibration.batch_norm_layers(recalibrated)
+    bns = quant.calibration.batch_norm_layers(recalibrated)
     assert len(bns) == 6  # kxk, 1x1 and identity branch of both blocks
     assert not np.allclose(bns[0].moving_variance.numpy(), 1.0)  # no longer the initial statistics
     fused = models.reparameterize(recalibrated)
-    assert quant.check_fused(recalibrated, fused, batches[0]) < 1e-5
+    assert models.check_fused(recalibrated, fused, batches[0]) < 1e-5
     q_model = quant.build_qat_model(fused, QAT_CONFIG)
     quant.calibrate(q_model, batches, QAT_CONFIG)
     # Before any training the fake-quant model follows its float graph up to quantization noise.
@@ -375,12 +317,9 @@ def test_stage3_pipeline_on_the_training_form():
 
 def test_multibranch_qat_fuses_after_training(tmp_path):
     """graph="multibranch": QAT on the training form, then fused into an int8-exportable model."""
-    from keras_sr.export import tflite_lib
-    from keras_sr.train import workdir as wd
-
     keras.utils.set_random_seed(3)
     rng = np.random.default_rng(3)
-    config = quant.QATConfig(phase_a=0.4, phase_b=0.3, calibration_batches=2, graph="multibranch")
+    config = configs.QATConfig(phase_a=0.4, phase_b=0.3, calibration_batches=2, graph="multibranch")
     model_kwargs = {"channels": 8, "num_blocks": 2, "num_branches": 2}
     pairs = [synthetic_pair(rng, batch=2) for _ in range(4)]
     # As in Stage 3: BN statistics first, so the ranges observed in training mode fit inference.
@@ -394,7 +333,7 @@ def test_multibranch_qat_fuses_after_training(tmp_path):
         train_step(*pairs[step % len(pairs)])
     assert quant.get_phase(q_model) == "C"
     # post_update kept every branch kernel inside its frozen per-channel range.
-    branch_kernels = [(w, v) for w, v in quant.qat.quantized_kernels(q_model) if "conv_" in w.name]
+    branch_kernels = [(w, v) for w, v in quant.quantized_kernels(q_model) if "conv_" in w.name]
     assert len(branch_kernels) == 4  # k x k and 1x1 kernels of both blocks
     for kernel, ranges in branch_kernels:
         assert np.all(np.abs(kernel.numpy()) <= ranges["max_var"].numpy() + 1e-7), kernel.name
@@ -402,7 +341,7 @@ def test_multibranch_qat_fuses_after_training(tmp_path):
     fused = quant.fuse_after_qat(q_model, student, config)
     assert quant.get_phase(fused) == "C"
     assert not any(isinstance(layer.layer, models.MobileOneConv2D)
-                   for layer in quant.qat._wrappers(fused))
+                   for layer in quant.wrappers(fused))
     x = pairs[0][0]
     reference = q_model(x, training=False).numpy()
     diff = np.abs(fused(x, training=False).numpy() - reference)
@@ -412,9 +351,9 @@ def test_multibranch_qat_fuses_after_training(tmp_path):
     # outputs reach ~16): 0.046 (max 0.90).
     template = models.build_student(reparameterized=True, **model_kwargs)
     uncopied = quant.build_qat_model(quant.float_twin(fused, template),
-                                     quant.QATConfig(graph="fused"))
-    for (_, source), (_, target) in zip(quant.qat.quantized_kernels(fused),
-                                        quant.qat.quantized_kernels(uncopied)):
+                                     configs.QATConfig(graph="fused"))
+    for (_, source), (_, target) in zip(quant.quantized_kernels(fused),
+                                        quant.quantized_kernels(uncopied)):
         for key in ("min_var", "max_var", "frozen"):
             target[key].assign(source[key])
     uncopied_diff = np.abs(uncopied(x, training=False).numpy() - reference)
@@ -422,10 +361,10 @@ def test_multibranch_qat_fuses_after_training(tmp_path):
         diff.mean(), uncopied_diff.mean())
 
     # A Stage-3 work dir of such a run loads as the fused model.
-    tf.train.Checkpoint(model=q_model).save(os.fspath(tmp_path / wd.CHECKPOINTS / "ckpt"))
-    wd.write_json(os.fspath(tmp_path / wd.CONFIG),
-                  {"model": model_kwargs, "qat": config.to_dict()})
-    loaded = quant.load_qat_model(os.fspath(tmp_path))
+    tf.train.Checkpoint(model=q_model).save(os.fspath(tmp_path / workdir.CHECKPOINTS / "ckpt"))
+    run_config = configs.TrainConfig(stage=3, model=configs.ModelConfig(**model_kwargs), qat=config)
+    fileio.write_json(os.fspath(tmp_path / workdir.CONFIG), run_config.to_dict())
+    loaded = workdir.load(os.fspath(tmp_path), "qat")
     np.testing.assert_array_equal(loaded(x, training=False).numpy(),
                                   fused(x, training=False).numpy())
     tflite_lib.check_int8(tflite_lib.convert_qat(loaded, (1, 16, 16, 3)))

@@ -1,10 +1,17 @@
-"""Round trip of the teacher/student record contract: written without TensorFlow, read with it."""
+"""Round trip of the teacher/student record contract: written without TensorFlow, read with it.
+
+Also the dependency-free helpers both sides build their outputs with: atomic writes, JSON files,
+record-file listing and shard resume.
+"""
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_sr.common import fileio
+from keras_sr.common import record_schema as rs
 from keras_sr.data import records
-from teacher_bridge import record_schema as rs
 
 
 def _teacher_record(i):
@@ -67,3 +74,72 @@ def test_corruption_and_schema_errors_are_reported(tmp_path):
         rs.encode_example(bad, rs.TEACHER_FEATURES)
     with pytest.raises(rs.RecordError, match="lacks keys"):
         rs.decode_example(rs.encode_example(_teacher_record(0), rs.TEACHER_FEATURES), rs.SR_FEATURES)
+
+
+# --- Atomic writes, JSON files, record listing, shard resume. -------------------------------------
+def _records_then_failure(count):
+    """Yields `count` teacher records, then fails as a crashing encoder would."""
+    for i in range(count):
+        yield rs.encode_example(_teacher_record(i), rs.TEACHER_FEATURES)
+    raise RuntimeError("encoder crashed")
+
+
+def test_a_failing_writer_leaves_the_previous_file_and_no_temporary_file(tmp_path):
+    path = tmp_path / "teacher-00000-of-00001.tfrecord"
+    assert rs.write_tfrecord(path, [rs.encode_example(_teacher_record(7), rs.TEACHER_FEATURES)]) == 1
+    good = path.read_bytes()
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        rs.write_tfrecord(path, _records_then_failure(2))
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == [path.name]
+    with pytest.raises(RuntimeError, match="writer crashed"):
+        with fileio.atomic_open(tmp_path / "new.bin") as f:
+            f.write(b"partial")
+            raise RuntimeError("writer crashed")
+    assert os.listdir(tmp_path) == [path.name]  # no partial new.bin either
+
+    fileio.write_json(tmp_path / "sub" / "a.json", {"b": 1, "a": [1.5, "x"]})
+    assert fileio.read_json(tmp_path / "sub" / "a.json") == {"a": [1.5, "x"], "b": 1}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "sub" / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(ValueError, match="mode must be 'wb' or 'w', got 'ab'"):
+        with fileio.atomic_open(path, "ab"):
+            pass
+
+
+def test_read_json_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"absent\.json does not exist"):
+        fileio.read_json(tmp_path / "absent.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.json is not valid JSON: .*line 1 column 2"):
+        fileio.read_json(tmp_path / "bad.json")
+
+
+def test_finished_shard_needs_both_files_and_the_same_settings(tmp_path):
+    path = tmp_path / "sr-00000-of-00002.tfrecord"
+    settings = {"scale": 3, "schema": sorted(rs.SR_FEATURES)}
+    summary = {"file": path.name, "examples": 1, "settings": settings}
+    assert rs.shard_json_path(path) == str(tmp_path / "sr-00000-of-00002.json")
+    assert rs.finished_shard(path, settings) is None
+    rs.write_tfrecord(path, [rs.encode_example(_teacher_record(0), rs.TEACHER_FEATURES)])
+    assert rs.finished_shard(path, settings) is None  # records written, summary not yet
+    fileio.write_json(rs.shard_json_path(path), summary)
+    assert rs.finished_shard(path, settings) == summary
+    assert rs.finished_shard(path, {**settings, "scale": 4}) is None
+    path.unlink()
+    assert rs.finished_shard(path, settings) is None
+
+
+def test_list_record_files_expands_files_folders_and_globs(tmp_path):
+    for name in ("b.tfrecord", "a.tfrecord", "c.json"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "z.tfrecord").write_bytes(b"")
+    folder = [str(tmp_path / "a.tfrecord"), str(tmp_path / "b.tfrecord")]
+    assert rs.list_record_files(tmp_path) == folder
+    assert rs.list_record_files(str(tmp_path / "*.tfrecord")) == folder
+    assert rs.list_record_files([tmp_path / "sub" / "z.tfrecord", str(tmp_path)]) == (
+        [str(tmp_path / "sub" / "z.tfrecord")] + folder)
+    with pytest.raises(FileNotFoundError, match="no TFRecord files found for '.*nothing"):
+        rs.list_record_files([tmp_path, tmp_path / "nothing*"])

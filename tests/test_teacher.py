@@ -15,7 +15,8 @@ from conftest import REPO_ROOT, require_shared
 from torch import nn
 
 import teacher_bridge
-from teacher_bridge import inference, precompute, record_schema
+from keras_sr.common import image_io, record_schema
+from teacher_bridge import inference, precompute
 from teacher_bridge.load import CheckpointError, load_teacher, read_state_dict
 from teacher_bridge.model import CONFIGS, MambaIRv2Light, mirror_pad
 from teacher_bridge.scan import selective_scan, selective_scan_reference
@@ -189,7 +190,8 @@ def test_mismatched_checkpoint_reports_everything(tmp_path):
     state["conv_first.bias"] = torch.zeros(5)
     path = tmp_path / "broken.pth"
     torch.save({"params": state}, path)
-    with pytest.raises(CheckpointError) as info:
+    headline = r"broken\.pth' does not match MambaIRv2Light\('smoke'\)"
+    with pytest.raises(CheckpointError, match=headline) as info:
         load_teacher(path, config="smoke")
     message = str(info.value)
     for part in ("broken.pth", "missing keys (1): norm.weight", "unexpected keys (1): extra.weight",
@@ -313,8 +315,8 @@ def _write_sr_records(folder, sizes, scale=3, prefix="toy"):
                         interpolation=cv2.INTER_CUBIC)
         lr = cv2.resize(hr, (w // scale, h // scale), interpolation=cv2.INTER_AREA)
         examples.append(record_schema.encode_example(
-            {"image_id": f"{prefix}/{i}", "hr_png": precompute.encode_png(hr),
-             "lr_png": precompute.encode_png(lr), "scale": scale}, record_schema.SR_FEATURES))
+            {"image_id": f"{prefix}/{i}", "hr_png": image_io.encode_png(hr),
+             "lr_png": image_io.encode_png(lr), "scale": scale}, record_schema.SR_FEATURES))
     folder.mkdir(parents=True, exist_ok=True)
     record_schema.write_tfrecord(folder / "sr-00000-of-00002.tfrecord", examples[:2])
     record_schema.write_tfrecord(folder / "sr-00001-of-00002.tfrecord", examples[2:])
@@ -357,7 +359,7 @@ def test_precompute_writes_resumable_sharded_teacher_records(tmp_path, smoke_tea
         rec = records[f"toy/{i}"]
         want = inference.upscale_image(smoke_teacher, _lr_of(tmp_path / "sr", f"toy/{i}"),
                                        tile=10, overlap=0.25)
-        np.testing.assert_array_equal(precompute.decode_rgb(rec["teacher_png"], "out"), want)
+        np.testing.assert_array_equal(image_io.decode_image(rec["teacher_png"], "out"), want)
         assert (rec["height"], rec["width"], rec["scale"]) == (3 * (h // 3), 3 * (w // 3), 3)
         assert (rec["routing"], rec["seed"]) == (b"gumbel", 11)
         assert rec["checkpoint_sha256"].decode() == smoke_teacher.checkpoint_sha256
@@ -381,7 +383,7 @@ def _lr_of(folder, image_id):
         for data in record_schema.read_tfrecord(path):
             rec = record_schema.decode_example(data, record_schema.SR_FEATURES)
             if rec["image_id"].decode() == image_id:
-                return precompute.decode_rgb(rec["lr_png"], image_id)
+                return image_io.decode_image(rec["lr_png"], image_id)
     raise KeyError(image_id)
 
 
@@ -415,5 +417,5 @@ def test_precompute_tool_on_an_image_folder(tmp_path, smoke_teacher):
     model = load_teacher(smoke_teacher.checkpoint_path, routing="argmax", config="smoke")
     for name, image in images.items():
         rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
-        got = precompute.decode_rgb(records[f"lr_images/{name}"]["teacher_png"], name)
+        got = image_io.decode_image(records[f"lr_images/{name}"]["teacher_png"], name)
         np.testing.assert_array_equal(got, inference.upscale_image(model, rgb))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sr import configs, data, evaluate, losses
-from keras_sr.data import image_io
-from keras_sr.train import lib, restore
+from keras_sr import configs, data, evaluate, losses, workdir
+from keras_sr.common import image_io
+from keras_sr.train import lib
 
 
 def _smooth_image(rng, height, width):
@@ -42,26 +42,27 @@ def _smoke(stage, **changes):
 
 def test_stage1_smoke_writes_workdir_and_resumes(tiny_data, tmp_path):
     records, val = tiny_data
-    workdir = str(tmp_path / "stage1")
-    first = lib.train(_smoke(1, steps=4), workdir, records, val_data=val, run_info={"flag": 1})
+    run_dir = str(tmp_path / "stage1")
+    first = lib.train(_smoke(1, steps=4), run_dir, records, val_data=val, run_info={"flag": 1})
     for name in ("flags.json", "config.json", "metrics.json"):
-        assert os.path.isfile(os.path.join(workdir, name)), name
-    assert json.load(open(os.path.join(workdir, "flags.json"))) == {"flag": 1}
+        assert os.path.isfile(os.path.join(run_dir, name)), name
+    assert json.load(open(os.path.join(run_dir, "flags.json"))) == {"flag": 1}
     assert first["step"] == 4 and np.isfinite(first["train_loss"])
-    assert tf.io.gfile.glob(os.path.join(workdir, "tb", "events.out.tfevents.*"))
+    assert tf.io.gfile.glob(os.path.join(run_dir, "tb", "events.out.tfevents.*"))
 
     # The validation PSNR logged by the loop is what the restored checkpoint scores.
-    model, config = restore.load_model(workdir)
-    assert config.stage == 1
+    run = workdir.WorkDir.open(run_dir)
+    model = run.load("training")
+    assert run.stage == 1
     rescored = evaluate.evaluate_benchmark(evaluate.keras_model_predictor(model), val)
     assert abs(rescored["psnr_y"] - first["val_psnr_y"]) < 1e-6
 
     # Rerunning with more steps resumes at step 4 from the same weights instead of starting over.
     before = [w.copy() for w in model.get_weights()]
-    second = lib.train(_smoke(1, steps=6), workdir, records, val_data=val)
+    second = lib.train(_smoke(1, steps=6), run_dir, records, val_data=val)
     assert second["step"] == 6
-    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-6")
-    resumed, _ = restore.load_model(os.path.join(workdir, "checkpoints", "ckpt-4"))
+    assert tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")).endswith("ckpt-6")
+    resumed = workdir.load(os.path.join(run_dir, "checkpoints", "ckpt-4"), "training")
     for a, b in zip(before, resumed.get_weights()):
         np.testing.assert_array_equal(a, b)
 
@@ -98,8 +99,8 @@ def test_stage2_starts_from_stage1_and_stage2_needs_init(tiny_data, tmp_path):
                                 warmup_steps=0), str(tmp_path / "s2"),
                         records, val_data=val, init_from=stage1)
     # With a zero learning rate Stage 2 must still hold exactly the Stage-1 weights.
-    a, _ = restore.load_model(stage1)
-    b, _ = restore.load_model(str(tmp_path / "s2"))
+    a = workdir.load(stage1, "training")
+    b = workdir.load(str(tmp_path / "s2"), "training")
     for wa, wb in zip(a.get_weights(), b.get_weights()):
         if wa.ndim > 1:  # BN moving statistics do move in training mode
             np.testing.assert_array_equal(wa, wb)
@@ -118,7 +119,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     # BatchNorm normalises each replica's half batch with its own statistics, so the branchy student
     # legitimately differs; the plain student checks the distribution mechanics exactly.
     config = configs.get_config(1, "smoke").replace(steps=4, log_every=1, checkpoint_every=4)
-    config.model["block_type"] = "plain"
+    config = config.replace(model=config.model.replace(block_type="plain"))
     out = {}
     for name, strategy in (("default", tf.distribute.OneDeviceStrategy("/cpu:0")),
                            ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
@@ -162,7 +163,7 @@ def test_stage2_with_teacher_records_from_the_bridge(tiny_data, tmp_path):
                         teacher_records=str(tmp_path / "teacher"))
     # Random fixture weights are far from any image, so every pixel gets the floor weight w_min:
     # then L_KD = w_min * mean|y_hat - t| must lie in [0, w_min].
-    assert 0.0 < metrics["train_kd"] <= config.loss["w_min"]
+    assert 0.0 < metrics["train_kd"] <= config.loss.w_min
     assert {"train_charbonnier", "train_dct"} <= set(metrics)
 
 
@@ -171,9 +172,9 @@ def test_time_budget_shortens_the_run_and_its_schedule(tiny_data, tmp_path, monk
     monkeypatch.setattr(lib, "_BUDGET_PROBE_STEPS", 3)
     # A budget already spent by the time the rate is known leaves one more step.
     config = _smoke(1, steps=10**6, time_budget_minutes=0.01, log_every=1, checkpoint_every=10**6)
-    workdir = str(tmp_path / "w")
-    assert lib.train(config, workdir, records)["step"] == 4
+    run_dir = str(tmp_path / "w")
+    assert lib.train(config, run_dir, records)["step"] == 4
     # The shortened length is part of the checkpoint: rerunning does not start a longer run.
-    assert lib.train(config, workdir, records)["step"] == 4
+    assert lib.train(config, run_dir, records)["step"] == 4
     schedule = lib.WarmupCosine(1.0, 4, warmup_steps=0, final=0.0)
     assert float(schedule(4)) == pytest.approx(0.0, abs=1e-7)

@@ -25,6 +25,8 @@ import tempfile
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+from keras_sr.common import cli, fileio
+from keras_sr.export import tflite_lib
 
 SECTIONS = ("train", "pipeline", "tflite", "teacher")
 TARGETS = {"train": ("training_form_steps_per_s", ">=", 4.3),
@@ -35,7 +37,8 @@ _ONLY = flags.DEFINE_list("only", list(SECTIONS), f"Sections to run, from {SECTI
 _JSON = flags.DEFINE_string("json", None, "Write the results here as JSON.")
 _RECORDS = flags.DEFINE_string("train_records", None, "SR TFRecords for the pipeline section.")
 _STAGE3 = flags.DEFINE_string("stage3_workdir", None, "Stage-3 work directory for the tflite section.")
-_SHAPE = flags.DEFINE_list("input_shape", ["1", "360", "640", "3"], "NHWC shape of the TFLite models.")
+_SHAPE = cli.define_shape("input_shape", tflite_lib.DEFAULT_INPUT_SHAPE,
+                          "NHWC shape of the TFLite models.", __name__)
 _THREADS = flags.DEFINE_integer("threads", 2, "Interpreter threads.")
 _TEACHER = flags.DEFINE_string("teacher_checkpoint", None, "MambaIRv2-Light x3 checkpoint.")
 _STEPS = flags.DEFINE_integer("train_steps", 50, "Timed steps per form in the train section.")
@@ -62,16 +65,16 @@ def bench_pipeline():
 def bench_tflite():
     import numpy as np
 
-    from keras_sr import models, quant
-    from keras_sr.export import tflite_lib, tflite_runner
+    from keras_sr import configs, models, quant, workdir
+    from keras_sr.export import tflite_runner
 
-    shape = tuple(int(v) for v in _SHAPE.value)
+    shape = _SHAPE()
     if _STAGE3.value:
-        q_model = quant.load_qat_model(_STAGE3.value)
+        q_model = workdir.load(_STAGE3.value, "qat")
     else:
         q_model = quant.build_qat_model(models.build_student(reparameterized=True))
         batch = np.random.default_rng(0).random((2, 64, 64, 3), np.float32)
-        quant.calibrate(q_model, [batch], quant.QATConfig(calibration_batches=1))
+        quant.calibrate(q_model, [batch], configs.QATConfig(calibration_batches=1))
     int8 = tflite_lib.convert_qat(q_model, shape)
     fp32 = tflite_lib.convert_float(quant.float_twin(q_model, models.build_student(
         reparameterized=True)), shape)
@@ -115,12 +118,8 @@ def main(argv):
         results[section] = result
         print(f"[{section}] " + json.dumps(result, default=str))
     if _JSON.value:
-        from keras_sr.train import workdir as wd
-
-        wd.write_json(_JSON.value, {"results": results, "cpu_count": os.cpu_count(),
-                                    "flags": {f: flags.FLAGS[f].value for f in (
-                                        "only", "train_records", "stage3_workdir", "input_shape",
-                                        "threads", "teacher_checkpoint", "train_steps")}})
+        fileio.write_json(_JSON.value, {"results": results, "cpu_count": os.cpu_count(),
+                                        "flags": cli.resolved_flags(__name__)})
 
 
 def run():

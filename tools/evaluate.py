@@ -13,7 +13,8 @@ import tempfile
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from keras_sr import evaluate, fileio
+from keras_sr import evaluate
+from keras_sr.common import cli, fileio
 from keras_sr.data import builtin
 
 _MODEL = flags.DEFINE_string("model", None,
@@ -44,11 +45,11 @@ def main(argv):
             data_dir = os.path.join(tmp, "builtin_val")
             builtin.write_benchmark_layout(data_dir, "val", _SCALE.value)
         result = evaluate.evaluate_benchmark(predictor, data_dir, _SCALE.value, _CROP.value)
-    result = {"model": _MODEL.value, "data": _DATA.value, **result}
+    result = {"model": _MODEL.value, "data": _DATA.value, "flags": cli.resolved_flags(__name__),
+              **result}
     print(f"{_MODEL.value} on {_DATA.value} (x{result['scale']}, border {result['crop_border']}):")
     print(evaluate.format_table(result))
     if _JSON.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_JSON.value)), exist_ok=True)
         fileio.write_json(_JSON.value, result)
 
 

@@ -20,13 +20,14 @@ left. uint8 IO has scale 1/255 and zero point 0: the bytes are pixel values.
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from keras_sr.export import tflite_lib
+from keras_sr.common import cli
+from keras_sr.export import files, tflite_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training work directory or checkpoint prefix.",
                                required=True)
 _OUTPUT = flags.DEFINE_string("output", None, "Output .tflite path.", required=True)
-_INPUT_SHAPE = flags.DEFINE_list("input_shape", ["1", "360", "640", "3"],
-                                 "Fixed NHWC input shape, e.g. 1,360,640,3 or 1,720,1280,3.")
+_INPUT_SHAPE = cli.define_shape("input_shape", tflite_lib.DEFAULT_INPUT_SHAPE,
+                                "Fixed NHWC input shape, e.g. 1,360,640,3 or 1,720,1280,3.", __name__)
 _IO = flags.DEFINE_enum("io", "uint8", ["uint8", "int8"], "Integer type of the model's IO tensors.")
 _FLOAT = flags.DEFINE_bool("float", False, "Export an FP32 model of the same fused graph.")
 _PTQ = flags.DEFINE_bool("ptq", False, "Post-training int8 quantization of the fused FP32 model.")
@@ -36,9 +37,6 @@ _CALIBRATION = flags.DEFINE_string(
 
 flags.register_validator("output", lambda p: p.endswith(".tflite"),
                          message="--output must end in .tflite")
-flags.register_validator("input_shape", lambda s: len(s) == 4 and all(v.isdigit() and int(v) > 0
-                                                                      for v in s) and s[3] == "3",
-                         message="--input_shape must be four positive integers N,H,W,3")
 flags.register_multi_flags_validator(["float", "ptq"], lambda f: not (f["float"] and f["ptq"]),
                                      message="--float and --ptq are exclusive")
 flags.register_multi_flags_validator(["ptq", "calibration_data"],
@@ -50,11 +48,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     kind = "float" if _FLOAT.value else "ptq" if _PTQ.value else "int8"
-    resolved = {name: flags.FLAGS[name].value for name in
-                ("workdir", "output", "input_shape", "io", "float", "ptq", "calibration_data")}
-    summary = tflite_lib.export_workdir(
-        _WORKDIR.value, _OUTPUT.value, tuple(int(v) for v in _INPUT_SHAPE.value), _IO.value, kind,
-        calibration_data=_CALIBRATION.value, metadata={"flags": resolved})
+    summary = files.export_workdir(
+        _WORKDIR.value, _OUTPUT.value, _INPUT_SHAPE(), _IO.value, kind,
+        calibration_data=_CALIBRATION.value, metadata={"flags": cli.resolved_flags(__name__)})
     print(f"wrote {_OUTPUT.value} ({summary['bytes']} bytes, {summary['parameters']} parameters)")
     print("ops: " + " -> ".join(summary["ops"]))
     for side in ("inputs", "outputs"):

@@ -16,9 +16,10 @@ import sys
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
-from keras_sr import fileio
-from keras_sr.export import tflite_lib, tflite_runner
-from keras_sr.train import restore
+from keras_sr.common import cli, fileio
+from keras_sr.data import sources
+from keras_sr.export import parity, tflite_lib, tflite_runner
+from keras_sr.workdir import WorkDir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Stage-3 work directory or checkpoint prefix.",
                                required=True)
@@ -31,16 +32,17 @@ _JSON = flags.DEFINE_string("json", None, "Also write the report to this JSON fi
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    q_model, config = restore.load_model(_WORKDIR.value)
-    if config.stage != 3:
-        raise app.UsageError(f"--workdir={_WORKDIR.value} is a Stage-{config.stage} run; parity "
+    run = WorkDir.open(_WORKDIR.value)
+    if run.stage != 3:
+        raise app.UsageError(f"--workdir={_WORKDIR.value} is a Stage-{run.stage} run; parity "
                              "needs a Stage-3 (QAT) run")
+    q_model = run.load("qat")
     model = _TFLITE.value or tflite_lib.convert_qat(q_model, (1, None, None, 3))
     predictor = tflite_runner.TFLitePredictor(model, num_threads=_THREADS.value)
-    images = tflite_lib.load_lr_images(_DATA.value, config.model.get("scale", 3))
-    report = tflite_lib.parity_report(q_model, predictor, images)
-    report.update(workdir=_WORKDIR.value, tflite=_TFLITE.value or "(converted, dynamic shape)",
-                  data=_DATA.value, kernels="LiteRT XNNPACK", num_threads=_THREADS.value)
+    images = sources.load_lr_images(_DATA.value, run.config.model.scale)
+    report = parity.parity_report(q_model, predictor, images)
+    report.update(flags=cli.resolved_flags(__name__), checkpoint=run.checkpoint,
+                  tflite=_TFLITE.value or "(converted, dynamic shape)", kernels="LiteRT XNNPACK")
     print(f"{'image':<14}{'LR size':>12}{'identical %':>13}{'within 1 %':>12}{'max':>5}"
           f"{'PSNR dB':>9}")
     for row in report["per_image"] + [{"name": "ALL", **report["overall"]}]:
@@ -48,8 +50,8 @@ def main(argv):
         print(f"{row['name']:<14}{size:>12}{row['identical']:>13.4f}{row['within_1']:>12.4f}"
               f"{row['max_diff']:>5}{row['psnr']:>9.2f}")
     verdict = "meets" if report["overall"]["ok"] else "FAILS"
-    print(f"{verdict} the claim: >= {tflite_lib.PARITY_MIN_WITHIN_1} % within 1 level, max diff <= "
-          f"{tflite_lib.PARITY_MAX_DIFF}")
+    print(f"{verdict} the claim: >= {parity.PARITY_MIN_WITHIN_1} % within 1 level, max diff <= "
+          f"{parity.PARITY_MAX_DIFF}")
     if _JSON.value:
         fileio.write_json(_JSON.value, report)
     if not report["overall"]["ok"]:

@@ -12,10 +12,10 @@ settings, the finished shards and the teacher-vs-bicubic PSNR check. Needs torch
 """
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 
+from keras_sr.common import cli, fileio
 from teacher_bridge import inference, load, precompute
 from teacher_bridge.model import CONFIGS, DEFAULT_CONFIG, DEFAULT_SEED
 
@@ -58,9 +58,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     os.makedirs(_OUTPUT.value, exist_ok=True)
-    own_flags = flags.FLAGS.get_key_flags_for_module(sys.modules[__name__])
-    resolved = {f.name: f.value for f in own_flags}
-    precompute.write_json(os.path.join(_OUTPUT.value, "flags.json"), resolved)
+    fileio.write_json(os.path.join(_OUTPUT.value, "flags.json"), cli.resolved_flags(__name__))
     model = load.load_teacher(_CHECKPOINT.value, routing=_ROUTING.value, device=_DEVICE.value,
                               seed=_SEED.value, config=_CONFIG.value)
     logging.info("teacher %s (sha256 %s), routing %s%s, device %s", _CHECKPOINT.value,

@@ -8,7 +8,8 @@
 Sources: folder:PATH (LR made with the MATLAB bicubic rule), benchmark:PATH (EDSR layout, LR as
     given),
 tfds:div2k/bicubic_x3[:SPLIT] (downloads), builtin:train / builtin:val (scikit-image photographs).
-OUTPUT/summary.json lists the counts and every skipped file with its reason. Rerunning resumes.
+OUTPUT/summary.json lists the counts and every skipped file with its reason, OUTPUT/flags.json the
+resolved flags. Rerunning resumes.
 """
 import json
 import os
@@ -16,6 +17,7 @@ import os
 from absl import app, flags, logging
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads, should a source import it)
+from keras_sr.common import cli, fileio
 from keras_sr.data import prepare
 
 _SOURCE = flags.DEFINE_string(
@@ -43,6 +45,8 @@ flags.register_validator(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    os.makedirs(_OUTPUT.value, exist_ok=True)
+    fileio.write_json(os.path.join(_OUTPUT.value, "flags.json"), cli.resolved_flags(__name__))
     if _FORMAT.value == "benchmark":
         summary = prepare.prepare_benchmark(_SOURCE.value, _OUTPUT.value, _SCALE.value,
                                             _MIN_LR.value)

@@ -10,10 +10,11 @@ from absl import app, flags, logging
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from keras_sr import configs
+from keras_sr.common import cli
 from keras_sr.train import lib
 
 _STAGE = flags.DEFINE_enum("stage", "1", ["1", "2", "3"], "Training stage.")
-_CONFIG = flags.DEFINE_string("config", "default", "Config variant of the stage (default, smoke, ...).")
+_CONFIG = flags.DEFINE_enum("config", "default", list(configs.VARIANTS), "Config variant of the stage.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; rerun to resume.", required=True)
 _TRAIN = flags.DEFINE_string("train_records", None, "SR TFRecords: folder, file or glob.",
                              required=True)
@@ -25,7 +26,7 @@ _STEPS = flags.DEFINE_integer("steps", None, "Override the config's number of st
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak learning rate.")
 _QAT_GRAPH = flags.DEFINE_enum(
-    "qat_graph", None, ["fused", "multibranch"],
+    "qat_graph", None, list(configs.QAT_GRAPHS),
     "Stage 3: quantize the fused graph (default, what ships) or, as an ablation, train the multi-branch "
     "form with fake-quant branch kernels and fuse after QAT.")
 # Loss and QAT fields that can be set from the command line (--loss_<field>, --qat_<field>).
@@ -41,7 +42,7 @@ _QAT_FLAGS = {
     "phase_a": flags.DEFINE_float("qat_phase_a", None, "Fraction of QAT steps with live observers."),
     "phase_b": flags.DEFINE_float("qat_phase_b", None,
                                   "Fraction with activation grids frozen; the rest freezes all grids."),
-    "kernel_clip": flags.DEFINE_enum("qat_kernel_clip", None, ["none", "std", "percentile"],
+    "kernel_clip": flags.DEFINE_enum("qat_kernel_clip", None, list(configs.KERNEL_CLIP_METHODS),
                                      "Per-channel outlier clipping of each fused kernel at QAT start."),
     "kernel_clip_value": flags.DEFINE_float("qat_kernel_clip_value", None,
                                             "k of mean +- k std, or the upper percentile."),
@@ -50,33 +51,35 @@ _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def resolved_config():
+    """The stage's config with the flags' overrides, validated (raises UsageError, naming the flag)."""
     config = configs.get_config(int(_STAGE.value), _CONFIG.value)
-    overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
-                 "time_budget_minutes": _BUDGET.value}
-    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     loss = {k: f.value for k, f in _LOSS_FLAGS.items() if f.value is not None}
     qat = {k: f.value for k, f in _QAT_FLAGS.items() if f.value is not None}
     if _QAT_GRAPH.value:
         qat["graph"] = _QAT_GRAPH.value
-    if loss and config.loss.get("name") == "l1":
+    if loss and config.stage == 1:
         raise app.UsageError("--loss_* flags apply to the Stage-2 loss (Stages 2 and 3)")
     if qat and config.stage != 3:
         raise app.UsageError("--qat_* flags apply to --stage=3 only")
-    config = config.replace(loss={**config.loss, **loss}, qat={**config.qat, **qat})
-    run_info = {name: flags.FLAGS[name].value for name in flags.FLAGS
-                if name in _OWN_FLAGS or name.startswith(("loss_", "qat_"))}
+    overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
+                 "time_budget_minutes": _BUDGET.value}
+    try:
+        return config.replace(loss=config.loss.replace(**loss), qat=config.qat.replace(**qat),
+                              **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as e:
+        raise app.UsageError(f"bad --steps/--batch_size/--learning_rate/--time_budget_minutes/"
+                             f"--loss_*/--qat_* value: {e}") from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = resolved_config()  # before anything is written
     metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,
                         init_from=_INIT.value, teacher_records=_TEACHER.value,
-                        strategy=_STRATEGY.value, run_info=run_info)
+                        strategy=_STRATEGY.value, run_info=cli.resolved_flags(__name__))
     logging.info("Done: %s", metrics)
-
-
-_OWN_FLAGS = ("stage", "config", "workdir", "train_records", "val_data", "init_from",
-              "teacher_records", "strategy", "steps", "batch_size", "learning_rate",
-              "time_budget_minutes", "qat_graph")
 
 
 def run():

@@ -3,8 +3,8 @@
 BN statistics are re-estimated with forward passes only, every block is folded into one 3x3 conv,
 and tfmot QAT trains that fused graph, the graph that `tools/export_tflite.py` ships. The QAT
 curriculum (observers live, activation grids frozen, all grids frozen with weight clipping) is set
-by `qat` (`keras_sr.quant.QATConfig`). The Stage-2 loss is kept (with the teacher term when
-`--teacher_records` is given); a Stage-1 run can be the starting point too.
+by `qat` (`QATConfig`, whose defaults are this recipe's). The Stage-2 loss is kept (with the teacher
+term when `--teacher_records` is given); a Stage-1 run can be the starting point too.
 
 The default recipe (CPU, a few minutes): 1500 steps of batch 16 at a peak learning rate of 1e-4,
 phases A/B/C = 40/30/30 %, activation ranges calibrated and then following a moving average (decay
@@ -15,31 +15,16 @@ bit for bit.
 
 Variants: default (CPU, minutes), div2k (GPU), smoke.
 
-    keras-sr-train --stage=3 --workdir=runs/stage3 --init_from=runs/stage2 \
+    keras-sr-train --stage=3 --workdir=runs/stage3 --init_from=runs/stage2 \\
         --train_records='records/train-*.tfrecord' --val_data=../shared/data/Set5
 """
-from keras_sr.configs import stage2
-from keras_sr.configs.base import TrainConfig, smoke
+from keras_sr.configs.base import LossConfig, QATConfig, TrainConfig
 
-VARIANTS = ("default", "div2k", "smoke")
-
-
-def default_qat():
-    """`keras_sr.quant.QATConfig` fields of the documented recipe."""
-    return {"phase_a": 0.4, "phase_b": 0.3, "calibration_batches": 32, "ema_decay": 0.99,
-            "range_percentile": 99.99}
-
-
-def get_config(name="default"):
-    # QAT starts from a trained model: a small learning rate keeps the latent weights near the FP32
-    # optimum while they adapt to the int8 grid.
-    config = TrainConfig(stage=3, loss=stage2.default_loss(), steps=1500, learning_rate=1e-4,
-                         warmup_steps=0, final_learning_rate=1e-6, eval_every=500,
-                         qat=default_qat())
-    if name == "div2k":
-        return config.replace(lr_patch=64, steps=50_000, eval_every=5_000, checkpoint_every=5_000,
-                              log_every=500, shuffle_buffer=1024)
-    if name == "smoke":
-        return smoke(config).replace(qat={**default_qat(), "phase_a": 0.34, "phase_b": 0.33,
-                                          "calibration_batches": 2})
-    return config
+# QAT starts from a trained model: a small learning rate keeps the latent weights near the FP32
+# optimum while they adapt to the int8 grid.
+DEFAULT = TrainConfig(stage=3, loss=LossConfig(), steps=1500, learning_rate=1e-4, warmup_steps=0,
+                      final_learning_rate=1e-6, eval_every=500, qat=QATConfig())
+DIV2K = DEFAULT.replace(lr_patch=64, steps=50_000, eval_every=5_000, checkpoint_every=5_000,
+                        log_every=500, shuffle_buffer=1024)
+# Six steps: two per phase.
+SMOKE_QAT = QATConfig(phase_a=0.34, phase_b=0.33, calibration_batches=2)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from keras_sr.data import image_io
+from keras_sr.common import image_io
 from keras_sr.data.matlab_resize import matlab_downscale, modcrop
 
 

@@ -15,7 +15,8 @@ phantom, chessboard, logo), microscopy/medical (ihc, retina, cell) or mostly emp
 """
 import os
 
-from keras_sr.data import benchmark, image_io
+from keras_sr.common import image_io
+from keras_sr.data import benchmark
 
 TRAIN = ("astronaut", "motorcycle_left", "motorcycle_right", "rocket")
 VAL = ("chelsea", "coffee")

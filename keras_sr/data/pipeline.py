@@ -5,48 +5,21 @@ visit of an image cuts `crops_per_image` random aligned crops, each with one of 
 transforms, so two CPU cores only slice and copy memory. Randomness is stateless and seeded per
 element, so a given `seed` gives the same stream on every run.
 
-Teacher outputs (`teacher_bridge.record_schema.TEACHER_FEATURES`) are joined to the SR records by
+Teacher outputs (`keras_sr.common.record_schema.TEACHER_FEATURES`) are joined to the SR records by
 `image_id` through an in-memory hash table built at load time, after checking that every training
 image has a teacher image of exactly its HR size.
 """
 import collections
-import glob
 import logging
-import os
 import struct
 import time
 
 import tensorflow as tf
 
+from keras_sr.common import record_schema
 from keras_sr.data import records as records_lib
-from teacher_bridge import record_schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def list_record_files(records):
-    """Expands record paths into a sorted list of files.
-
-    Args:
-        records: a path or a list of paths; each is a TFRecord file, a folder (all *.tfrecord
-            inside) or a glob pattern.
-
-    Raises:
-        FileNotFoundError: a path that matches no file.
-    """
-    files = []
-    for spec in [records] if isinstance(records, (str, os.PathLike)) else records:
-        spec = os.fspath(spec)
-        if os.path.isdir(spec):
-            found = sorted(glob.glob(os.path.join(spec, "*.tfrecord")))
-        elif os.path.isfile(spec):
-            found = [spec]
-        else:
-            found = sorted(glob.glob(spec))
-        if not found:
-            raise FileNotFoundError(f"no TFRecord files found for {spec!r}")
-        files.extend(found)
-    return files
 
 
 def _png_size(header):
@@ -152,7 +125,8 @@ def make_train_dataset(records, lr_patch=64, batch_size=16, scale=3, teacher_rec
     """Builds the training input pipeline.
 
     Args:
-        records: SR TFRecords (file, folder, glob, or a list of them), see `list_record_files`.
+        records: SR TFRecords (file, folder, glob, or a list of them), see
+            `keras_sr.common.record_schema.list_record_files`.
         lr_patch: side p of the LR crops; HR/teacher crops are scale * p. Images whose LR is smaller
             than p on a side are left out (logged).
         batch_size: examples per batch; the last partial batch is dropped so shapes are static.
@@ -175,7 +149,7 @@ def make_train_dataset(records, lr_patch=64, batch_size=16, scale=3, teacher_rec
             with teacher records, or a teacher output missing or of the wrong size (messages name
             the file).
     """
-    files = list_record_files(records)
+    files = record_schema.list_record_files(records)
     entries = _scan(files, record_schema.SR_FEATURES, "hr_png", ("scale",))
     for e in entries:
         if e["scale"] != scale:
@@ -196,7 +170,7 @@ def make_train_dataset(records, lr_patch=64, batch_size=16, scale=3, teacher_rec
                          "join needs unique ids")
     if duplicates:
         logging.warning("image ids %s occur more than once in %s", duplicates[:5], files)
-    table = (_teacher_table(list_record_files(teacher_records), entries, scale)
+    table = (_teacher_table(record_schema.list_record_files(teacher_records), entries, scale)
              if teacher_records is not None else None)
 
     spec = records_lib.feature_spec(record_schema.SR_FEATURES)

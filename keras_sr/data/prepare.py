@@ -1,6 +1,6 @@
 """Turns an image source into sharded SR TFRecords (or an EDSR-layout benchmark folder).
 
-Records follow `teacher_bridge.record_schema.SR_FEATURES`: image_id, hr_png (RGB, cropped to a
+Records follow `keras_sr.common.record_schema.SR_FEATURES`: image_id, hr_png (RGB, cropped to a
 multiple of scale), lr_png (RGB, HR size / scale), scale. LR images come from the source when it has
 them (benchmark, tfds) and are otherwise made with the MATLAB bicubic rule (`matlab_downscale`).
 Grayscale images are replicated to RGB for training records.
@@ -13,7 +13,6 @@ Output folder:
 """
 import concurrent.futures
 import glob
-import json
 import logging
 import multiprocessing
 import os
@@ -21,11 +20,10 @@ import time
 
 import numpy as np
 
-from keras_sr import fileio
-from keras_sr.data import benchmark, image_io
+from keras_sr.common import fileio, image_io, record_schema
+from keras_sr.data import benchmark
 from keras_sr.data.matlab_resize import matlab_downscale, modcrop
 from keras_sr.data.sources import Skipped, parse_source
-from teacher_bridge import record_schema
 
 SHARD_PATTERN = "sr-{index:05d}-of-{count:05d}.tfrecord"
 SUMMARY_FILE = "summary.json"
@@ -72,20 +70,17 @@ def _encode_shard(source, index, count, scale, min_lr_size, id_prefix, stats):
 def _write_shard(source, output_dir, index, count, settings):
     """Writes shard `index` of `count` and its JSON; returns the shard summary."""
     path = os.path.join(output_dir, SHARD_PATTERN.format(index=index, count=count))
-    meta_path = os.path.splitext(path)[0] + ".json"
-    if os.path.isfile(path) and os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            previous = json.load(f)
-        if previous.get("settings") == settings:
-            logging.info("reusing finished shard %s", path)
-            return previous
+    previous = record_schema.finished_shard(path, settings)
+    if previous is not None:
+        logging.info("reusing finished shard %s", path)
+        return previous
     stats = {"file": os.path.basename(path), "examples": 0, "converted_gray": 0, "skipped": [],
              "settings": settings}
     start = time.time()
     records = _encode_shard(source, index, count, settings["scale"], settings["min_lr_size"],
                             settings["id_prefix"], stats)
     record_schema.write_tfrecord(path, records)
-    fileio.write_json(meta_path, stats)
+    fileio.write_json(record_schema.shard_json_path(path), stats)
     logging.info("wrote %s: %d examples, %d skipped (%.1f s)", path, stats["examples"],
                  len(stats["skipped"]), time.time() - start)
     return stats

@@ -1,11 +1,11 @@
-"""TensorFlow reader for the record contract of `teacher_bridge.record_schema`.
+"""TensorFlow reader for the record contract of `keras_sr.common.record_schema`.
 
 The schema module is dependency-free; this module turns its key table into a `tf.io` parsing spec so the
 TensorFlow side can never drift from what the teacher job writes.
 """
 import tensorflow as tf
 
-from teacher_bridge import record_schema
+from keras_sr.common import record_schema
 
 _DTYPES = {record_schema.BYTES: tf.string, record_schema.INT64: tf.int64,
            record_schema.FLOAT: tf.float32}

@@ -18,7 +18,8 @@ from typing import Optional
 
 import numpy as np
 
-from keras_sr.data import benchmark, builtin, image_io
+from keras_sr.common import image_io
+from keras_sr.data import benchmark, builtin, matlab_resize
 
 
 @dataclasses.dataclass
@@ -192,3 +193,17 @@ def parse_source(spec, scale=3):
         raise ValueError(f"bad source {spec!r}: expected one of folder:PATH, benchmark:PATH, "
                          "tfds:NAME[:SPLIT], builtin:train, builtin:val")
     return _KINDS[kind](arg, scale)
+
+
+def load_lr_images(data, scale=3):
+    """(name, LR uint8 (h, w, 3) RGB) pairs of an evaluation set.
+
+    Args:
+        data: an EDSR-layout folder (HR/ + LR_bicubic/X<scale>/), or "builtin:train" /
+            "builtin:val" (the embedded photographs, LR made with the MATLAB bicubic rule).
+        scale: SR factor of the LR images.
+    """
+    if data.startswith("builtin:"):
+        return [(name, matlab_resize.matlab_downscale(matlab_resize.modcrop(hr, scale), scale))
+                for name, hr in builtin.load_split(data[len("builtin:"):])]
+    return [(name, image_io.to_rgb(lr)) for name, lr, _, _ in benchmark.load_benchmark(data, scale)]

@@ -16,11 +16,19 @@ def _read_model(model):
         return f.read()
 
 
-def receptive_radius(blob):
-    """LR-pixel radius of the model's receptive field: the sum of (k - 1) / 2 over its convs."""
-    interpreter = litert.Interpreter(
+def builtin_interpreter(blob):
+    """An interpreter with LiteRT's builtin kernels and no XNNPACK delegate.
+
+    Its op list is then the model's own, not the delegate's (for inspecting a model).
+    """
+    return litert.Interpreter(
         model_content=blob,
         experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def receptive_radius(blob):
+    """LR-pixel radius of the model's receptive field: the sum of (k - 1) / 2 over its convs."""
+    interpreter = builtin_interpreter(blob)
     tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
     radius = 0
     for op in interpreter._get_ops_details():  # pylint: disable=protected-access

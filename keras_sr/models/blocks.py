@@ -9,6 +9,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from keras_sr.configs.base import positive_int
+
 
 def fused_conv(filters, kernel_size, depthwise=False, activation="relu", name=None):
     """Returns the plain Keras layer that a `MobileOneConv2D` with these arguments folds into.
@@ -43,13 +45,6 @@ def _bn_affine(bn):
 def _kernel(conv):
     """Returns the kernel variable of a Conv2D or DepthwiseConv2D."""
     return conv.depthwise_kernel if isinstance(conv, keras.layers.DepthwiseConv2D) else conv.kernel
-
-
-def positive_int(value, name):
-    """Returns `value` as an int, raising ValueError (naming `name`) unless it is an int >= 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")

@@ -5,7 +5,9 @@ the plain layer it folds into (`MobileOneConv2D.fused_layer`), and gets fused we
 layer keeps its weights. The input model is never modified.
 """
 import numpy as np
+import tensorflow as tf
 import tf_keras as keras
+from absl import logging
 
 from keras_sr.models.blocks import MobileOneConv2D
 
@@ -44,3 +46,29 @@ def reparameterize(model):
         layer.set_weights(
             [np.asarray(w, v.dtype.as_numpy_dtype) for w, v in zip(weights, layer.weights)])
     return fused
+
+
+def check_fused(model, fused, batch, atol=1e-4, rtol=1e-5):
+    """Raises unless the fused model reproduces the multi-branch one on `batch` (training=False).
+
+    Args:
+        model: the training-form student.
+        fused: its re-parameterized deploy form.
+        batch: float (B, H, W, 3) in [0, 1].
+        atol, rtol: the largest allowed absolute difference is atol + rtol * max |model output|
+            (float32 rounding of the fold grows with the size of the activations).
+
+    Returns:
+        The largest absolute difference.
+
+    Raises:
+        ValueError: if the outputs differ by more than allowed.
+    """
+    reference = model(batch, training=False)
+    diff = float(tf.reduce_max(tf.abs(fused(batch, training=False) - reference)))
+    allowed = atol + rtol * float(tf.reduce_max(tf.abs(reference)))
+    if not diff <= allowed:
+        raise ValueError(f"the fused model differs from the multi-branch model by up to {diff:.3g} "
+                         f"(allowed {allowed:.3g}): re-parameterization is broken")
+    logging.info("fused vs multi-branch: max |difference| %.3g (allowed %.3g)", diff, allowed)
+    return diff

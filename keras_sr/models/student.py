@@ -11,21 +11,9 @@ import re
 
 import tf_keras as keras
 
-from keras_sr.models.blocks import MobileOneConv2D, fused_conv, positive_int
+from keras_sr.configs import BLOCK_TYPES, ModelConfig  # noqa: F401  (BLOCK_TYPES: public here too)
+from keras_sr.models.blocks import MobileOneConv2D, fused_conv
 from keras_sr.models.depth_to_space import DepthToSpace
-
-# Block type -> what one block is in the training form, and what it fuses into.
-BLOCK_TYPES = {
-    "mobileone": "num_branches parallel 3x3 conv+BN, a 1x1 conv+BN and an identity BN, summed, "
-                 "ReLU (MobileOneConv2D); deploy: one Conv2D 3x3 + ReLU",
-    "repconv": "RepVGG: 3x3 conv+BN, 1x1 conv+BN and identity BN, summed, ReLU (MobileOneConv2D "
-               "with one branch; num_branches is ignored); deploy: one Conv2D 3x3 + ReLU",
-    "repdw": "MobileOne's depthwise-separable block: 'block_{i}_dw' (num_branches depthwise 3x3 "
-             "conv+BN, a depthwise 1x1 conv+BN, identity BN, ReLU) then 'block_{i}_pw' "
-             "(num_branches 1x1 conv+BN, identity BN, ReLU); deploy: DepthwiseConv2D 3x3 + ReLU, "
-             "then Conv2D 1x1 + ReLU",
-    "plain": "Conv2D 3x3 + ReLU in both forms (num_branches is ignored)",
-}
 
 _BLOCK_NAME = re.compile(r"block_(\d+)(_dw|_pw)?")
 
@@ -45,25 +33,22 @@ def _block_layers(block_type, reparameterized, channels, num_branches, name):
             for n, size, dw, k in convs]
 
 
-def build_student(reparameterized=False, block_type="mobileone", channels=32, num_blocks=8,
-                  num_branches=4, scale=3, name="student"):
+def build_student(config=None, *, reparameterized=False, name="student", **fields):
     """Builds the student network (a functional `keras.Model`).
 
     Input: float32 (B, H, W, 3) RGB in [0, 1], any H and W. Output: float32
     (B, scale*H, scale*W, 3), RGB on the [0, 1] scale but not clipped (clip when making pixels).
 
-    `reparameterize(build_student(...))` and `build_student(reparameterized=True, ...)` have the
+    `reparameterize(build_student(...))` and `build_student(..., reparameterized=True)` have the
     same config; training and deploy forms share the names of every layer.
 
     Args:
+        config: a `keras_sr.configs.ModelConfig` (default: the paper's student).
         reparameterized: build the deploy form (every block fused into plain convolutions)
             instead of the training form.
-        block_type: one of `BLOCK_TYPES`: "mobileone" (default), "repconv", "repdw" or "plain".
-        channels: feature channels C of the stem and every block.
-        num_blocks: number N of blocks.
-        num_branches: parallel branches k of each "mobileone" / "repdw" re-parameterizable conv.
-        scale: upscaling factor s; the tail outputs 3*s*s channels.
         name: model name.
+        **fields: `ModelConfig` fields (block_type, channels, num_blocks, num_branches, scale)
+            that override `config`'s.
 
     Returns:
         An uncompiled `keras.Model`.
@@ -71,23 +56,19 @@ def build_student(reparameterized=False, block_type="mobileone", channels=32, nu
     Raises:
         ValueError: on an unknown block type or a non-positive size.
     """
-    if block_type not in BLOCK_TYPES:
-        raise ValueError(f"block_type must be one of {sorted(BLOCK_TYPES)}, got {block_type!r}")
+    config = (config or ModelConfig()).replace(**fields)
     if not isinstance(reparameterized, bool):
         raise ValueError(f"reparameterized must be a bool, got {reparameterized!r}")
-    channels = positive_int(channels, "channels")
-    num_blocks = positive_int(num_blocks, "num_blocks")
-    num_branches = positive_int(num_branches, "num_branches")
-    scale = positive_int(scale, "scale")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
+    channels, scale = config.channels, config.scale
 
     inputs = keras.Input((None, None, 3), name="lr")
     stem = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stem")(inputs)
     x = stem
-    for i in range(num_blocks):
-        for layer in _block_layers(block_type, reparameterized, channels, num_branches,
-                                   f"block_{i}"):
+    for i in range(config.num_blocks):
+        for layer in _block_layers(config.block_type, reparameterized, channels,
+                                   config.num_branches, f"block_{i}"):
             x = layer(x)
     x = keras.layers.Add(name="skip")([stem, x])
     x = keras.layers.Conv2D(3 * scale * scale, 3, padding="same", name="tail")(x)

@@ -19,7 +19,7 @@ tfmot's defaults:
 
 The flags and decays are weights of the quantized layers, so checkpoints, `get_weights` and
 SavedModels carry them. Every quantizer keeps the variable dicts it built in `built_vars`, which is
-how `keras_sr.quant.qat` finds them (per model, never through globals).
+how `keras_sr.quant.build` and `keras_sr.quant.curriculum` find them (per model, never through globals).
 
 Why the requantization matters: plain fake-quant computes a conv in float32 and rounds
 (x - min) / scale, while LiteRT (XNNPACK) accumulates int8 x int8 products exactly in int32 and

@@ -13,9 +13,10 @@ import tf_keras as keras
 from absl import logging
 
 from keras_sr import evaluate, losses
+from keras_sr import workdir as wd
+from keras_sr.common import fileio, progress
 from keras_sr.data import pipeline
 from keras_sr.train import stages
-from keras_sr.train import workdir as wd
 
 STRATEGIES = ("default", "mirrored", "multiworker")
 
@@ -54,8 +55,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         step = tf.cast(step, tf.float32)
         warmup = tf.cast(max(self.warmup_steps, 1), tf.float32)
         decay_steps = tf.maximum(tf.cast(self.total_steps, tf.float32) - self.warmup_steps, 1.0)
-        progress = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        cosine = self.final + 0.5 * (self.peak - self.final) * (1.0 + tf.cos(math.pi * progress))
+        fraction = tf.clip_by_value((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
+        cosine = self.final + 0.5 * (self.peak - self.final) * (1.0 + tf.cos(math.pi * fraction))
         return tf.where(step < self.warmup_steps, self.peak * (step + 1.0) / warmup, cosine)
 
     def get_config(self):
@@ -68,14 +69,6 @@ def _is_chief(strategy):
     if resolver is None or not resolver.task_type:
         return True
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
-
-
-def _format_duration(seconds):
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 # Steps timed before a time budget fixes the run length (the first ones include tracing).
@@ -116,11 +109,11 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     start_time = time.time()
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = _is_chief(strategy)
+    config, source = stages.starting_point(config, init_from)
     os.makedirs(workdir, exist_ok=True)
-    config = stages.resolve_model(config, init_from)
     if chief:
-        wd.write_json(os.path.join(workdir, wd.FLAGS), run_info or {})
-        wd.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())
+        fileio.write_json(os.path.join(workdir, wd.FLAGS), run_info or {})
+        fileio.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())
     keras.utils.set_random_seed(config.seed)
 
     # --- Input pipeline. ---
@@ -129,9 +122,8 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                         config.stage)
     dataset = pipeline.make_train_dataset(
         train_records, lr_patch=config.lr_patch, batch_size=config.batch_size,
-        scale=config.model["scale"], teacher_records=teacher_records,
+        scale=config.model.scale, teacher_records=teacher_records,
         shuffle_buffer=config.shuffle_buffer, seed=config.seed)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
     loss_fn = losses.make_loss(config.loss, with_teacher=bool(teacher_records))
 
     # --- Model, optimizer, checkpoint (resume first, then initialise). ---
@@ -140,18 +132,24 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
         checkpoint_dir = os.path.join(workdir, "tmp", f"worker-{strategy.cluster_resolver.task_id}")
     latest = tf.train.latest_checkpoint(os.path.join(workdir, wd.CHECKPOINTS))
     with strategy.scope():
-        stage = stages.build(config, init_from=init_from, dataset=dataset, resume=latest is not None)
+        stage = stages.build(config, source, dataset=dataset, resume=latest is not None)
         model = stage.model
         schedule = WarmupCosine(config.learning_rate, config.steps, config.warmup_steps,
                                 config.final_learning_rate)
         optimizer = keras.optimizers.Adam(schedule)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step,
-                                         total_steps=schedule.total_steps)
+        state = dict(model=model, optimizer=optimizer, step=step, total_steps=schedule.total_steps)
+        checkpoint = tf.train.Checkpoint(**state)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.max_checkpoints)
+    start_step = 0
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
-        logging.info("Resumed from %s at step %d.", latest, int(step.numpy()))
+        wd.restore(latest, f"the training state that {os.path.join(workdir, wd.CONFIG)} describes",
+                   **state)
+        start_step = int(step.numpy())
+        logging.info("Resumed from %s at step %d.", latest, start_step)
+    # The input stream is a fixed function of the seed: a resumed run skips the batches it
+    # already trained on, so it sees what an uninterrupted run would have seen.
+    iterator = iter(strategy.experimental_distribute_dataset(dataset.skip(start_step)))
     trainable = model.trainable_variables
     predictor = evaluate.keras_model_predictor(model) if val_data else None
     replicas = strategy.num_replicas_in_sync
@@ -183,9 +181,8 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                 for k, v in terms.items()}
 
     # --- Loop. ---
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "tb")) if chief else \
+    writer = tf.summary.create_file_writer(os.path.join(workdir, wd.TENSORBOARD)) if chief else \
         tf.summary.create_noop_writer()
-    start_step = int(step.numpy())
     pending, last_log_step, last_log_time = [], start_step, time.time()
     loop_start = time.time()
     if config.time_budget_minutes <= 0:
@@ -214,7 +211,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
             lr = float(schedule(current))
             logging.info("step %d/%d | %s | lr %.2e | %.2f steps/s | ETA %s", current, total,
                          " ".join(f"{k} {v:.5f}" for k, v in sorted(means.items())), lr, rate,
-                         _format_duration(eta))
+                         progress.format_duration(eta))
             with writer.as_default(step=current):
                 for k, v in means.items():
                     tf.summary.scalar(f"train/{k}", v)
@@ -224,7 +221,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
             metrics["loss_history"].append(means["loss"])
             pending, last_log_step, last_log_time = [], current, now
         if val_data and (current % config.eval_every == 0 or last):
-            scores = evaluate.evaluate_benchmark(predictor, val_data, config.model["scale"])
+            scores = evaluate.evaluate_benchmark(predictor, val_data, config.model.scale)
             logging.info("step %d validation on %s: PSNR-Y %.3f dB, SSIM-Y %.4f, PSNR-RGB %.3f dB",
                          current, val_data, scores["psnr_y"], scores["ssim_y"], scores["psnr_rgb"])
             with writer.as_default(step=current):
@@ -238,5 +235,5 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     metrics.update(step=int(step.numpy()), wall_seconds=time.time() - start_time,
                    parameters=int(model.count_params()))
     if chief:
-        wd.write_json(os.path.join(workdir, wd.METRICS), metrics)
+        fileio.write_json(os.path.join(workdir, wd.METRICS), metrics)
     return metrics

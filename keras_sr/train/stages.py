@@ -1,13 +1,12 @@
 """How each stage builds the model it trains; the loop in `lib.py` is the same for all of them."""
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import tf_keras as keras
 from absl import logging
 
-from keras_sr import models
-from keras_sr.train import restore
-from keras_sr.train import workdir as wd
+from keras_sr import models, quant
+from keras_sr.workdir import WorkDir
 
 
 @dataclasses.dataclass
@@ -27,64 +26,66 @@ class Stage:
     jit_ok: bool = True
 
 
-def resolve_model(config, init_from):
-    """Takes the network's shape from the run it starts from, so Stages 2 and 3 always match it."""
-    if config.stage == 1 or not init_from:
-        if config.stage > 1:
-            raise ValueError(f"--init_from is required for Stage {config.stage}")
-        return config
-    source_workdir, _ = wd.resolve_checkpoint(init_from)
-    source = restore.read_config(source_workdir)
+def starting_point(config, init_from):
+    """Opens the run a stage starts from and takes the network's shape from it.
+
+    Args:
+        config: the stage's `TrainConfig`.
+        init_from: work directory or checkpoint prefix of the previous stage (Stages 2 and 3;
+            ignored for Stage 1).
+
+    Returns:
+        (config with the source's `ModelConfig`, the source `WorkDir` or None for Stage 1).
+
+    Raises:
+        ValueError: Stage 2 or 3 without `init_from`, or a Stage-3 run as the starting point.
+    """
+    if config.stage == 1:
+        return config, None
+    if not init_from:
+        raise ValueError(f"--init_from is required for Stage {config.stage}")
+    source = WorkDir.open(init_from)
     if source.stage == 3:
         raise ValueError(f"--init_from={init_from} is a Stage-3 (QAT) run; start from Stage 1 or 2")
-    if source.model != config.model:
-        logging.info("Model shape taken from %s: %s", init_from, source.model)
-    return config.replace(model=source.model)
+    if source.config.model != config.model:
+        logging.info("Model shape taken from %s: %s", init_from, source.config.model)
+    return config.replace(model=source.config.model), source
 
 
-def build(config, init_from=None, dataset=None, resume=False):
+def build(config, source: Optional[WorkDir] = None, dataset=None, resume=False):
     """Builds the `Stage` for `config.stage`.
 
     Args:
-        config: the resolved `TrainConfig`.
-        init_from: work directory or checkpoint of the previous stage.
+        config: the resolved `TrainConfig` (see `starting_point`).
+        source: the `WorkDir` of the previous stage (Stages 2 and 3).
         dataset: the training `tf.data.Dataset` (Stage 3 uses it for BN recalibration and for the
             observers' calibration).
         resume: True when a checkpoint of this run will be restored next, so initialisation that the
             checkpoint overwrites is skipped.
     """
-    if config.stage in (1, 2):
-        model = models.build_student(**config.model)
-        if config.stage == 2 and not resume:
-            _, checkpoint = wd.resolve_checkpoint(init_from)
-            restore.restore_weights(model, checkpoint)
-            logging.info("Stage 2 starts from %s.", checkpoint)
-        return Stage(model)
-    if config.stage == 3:
-        return _build_qat_stage(config, init_from, dataset, resume)
-    raise ValueError(f"unknown stage {config.stage}")
-
-
-def _build_qat_stage(config, init_from, dataset, resume):
-    from keras_sr import quant  # tfmot is only imported by runs that quantize
-
-    qat_config = quant.QATConfig(**config.qat)
-    lr_batches = dataset.map(lambda batch: batch["lr"])
-    # The "multibranch" ablation trains the training form (fused after QAT by load_qat_model).
-    multibranch = qat_config.graph == "multibranch"
-    if resume:
-        # The checkpoint holds the QAT weights, ranges and flags: only the graph is needed.
-        student = models.build_student(reparameterized=not multibranch, **config.model)
-        q_model = quant.build_qat_model(student, qat_config)
-    else:
-        model, _ = restore.load_model(init_from)
-        model = quant.recalibrate_bn(model, lr_batches, config.bn_recalibration_batches)
-        fused = models.reparameterize(model)
-        quant.check_fused(model, fused, next(iter(lr_batches)))
-        q_model = quant.build_qat_model(model if multibranch else fused, qat_config)
-        quant.calibrate(q_model, lr_batches, qat_config)
+    if config.stage == 1 or (config.stage == 2 and resume):
+        return Stage(models.build_student(config.model))
+    if config.stage == 2:
+        logging.info("Stage 2 starts from %s.", source.checkpoint)
+        return Stage(source.load("training"))
+    q_model = (quant.qat_checkpoint_model(config.model, config.qat) if resume
+               else _qat_model_from(source, config, dataset))
     return Stage(q_model,
                  post_update=lambda: quant.post_update(q_model),
                  on_step=lambda step, total: quant.set_phase(
-                     q_model, quant.phase_for_step(qat_config, step, total)),
+                     q_model, quant.phase_for_step(config.qat, step, total)),
                  jit_ok=False)
+
+
+def _qat_model_from(source, config, dataset):
+    """Deploy-before-QAT: recalibrate BN, fold, check the fold, wrap in fake-quant, calibrate."""
+    lr_batches = dataset.map(lambda batch: batch["lr"])
+    model = quant.recalibrate_bn(source.load("training"), lr_batches,
+                                 config.bn_recalibration_batches)
+    fused = models.reparameterize(model)
+    models.check_fused(model, fused, next(iter(lr_batches)))
+    # The "multibranch" ablation trains the training form (fused after QAT, `quant.fuse_after_qat`).
+    q_model = quant.build_qat_model(model if config.qat.graph == "multibranch" else fused,
+                                    config.qat)
+    quant.calibrate(q_model, lr_batches, config.qat)
+    return q_model

@@ -9,7 +9,7 @@ import os
 import cv2
 import numpy as np
 
-from keras_sr import fileio
+from keras_sr.common import fileio
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 

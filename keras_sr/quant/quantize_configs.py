@@ -11,7 +11,7 @@
 - `MobileOneQuantizeConfig`: the `--qat_graph=multibranch` ablation (QAT on the training form): each
   branch kernel of a MobileOneConv2D is fake-quantized per channel, its batch norms stay float,
   and the block's ReLU output is quantized. That graph is never exported: it is fused after QAT
-  (`keras_sr.quant.qat.fuse_after_qat`).
+  (`keras_sr.quant.fold.fuse_after_qat`).
 
 Each config owns its quantizer instances, so after `quantize_apply` the range variables of every
 tensor are reachable from `wrapper.quantize_config` (see `output_vars`).
@@ -19,6 +19,7 @@ tensor are reachable from `wrapper.quantize_config` (see `output_vars`).
 import tensorflow_model_optimization as tfmot
 import tf_keras as keras
 
+from keras_sr.models import MobileOneConv2D
 from keras_sr.quant import quantizers as qz
 
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
@@ -192,8 +193,6 @@ class MobileOneQuantizeConfig(_QuantizeConfig):
         self.activation_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
 
     def get_weights_and_quantizers(self, layer):
-        from keras_sr.models.blocks import MobileOneConv2D  # the models package does not need tfmot
-
         if (not isinstance(layer, MobileOneConv2D) or layer.depthwise
                 or keras.activations.serialize(layer.activation) != "relu"):
             raise ValueError(f"{layer.name}: MobileOneQuantizeConfig needs a dense "

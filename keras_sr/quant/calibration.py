@@ -1,6 +1,13 @@
-"""Re-estimating BatchNormalization statistics with forward passes only (Stage 3, step 1).
+"""Forward-only calibration before Stage-3 QAT: BN statistics, then activation ranges.
 
-The moving statistics a model ends training with are an exponential average over weights that kept
+    model = recalibrate_bn(student, lr_batches, 64)   # step 1: exact BN statistics
+    ...                                               # fold (keras_sr.models.reparameterize)
+    calibrate(q_model, lr_batches, qat_config)        # step 3: activation ranges of the QAT model
+
+Neither updates a weight: both run the model with `training=True` on training batches and keep
+only the statistics.
+
+BN recalibration. The moving statistics a model ends training with are an exponential average over weights that kept
 changing; folding them into the deploy convs bakes that lag in. Recalibration replaces them with the
 exact mean over N batches of the statistics each BN sees in training mode with the final weights:
 
@@ -20,6 +27,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 from absl import logging
+
+from keras_sr.configs import QATConfig
+from keras_sr.quant.curriculum import quantizer_variables
 
 
 def take_inputs(dataset, num_batches):
@@ -99,3 +109,41 @@ def recalibrate_bn(model, dataset, num_batches=64):
             variable.assign((acc / count).astype(np.float32))
     logging.info("BN recalibration: %d BN layers re-estimated over %d batches", len(layers), count)
     return new_model
+
+
+def calibrate(q_model, dataset, config=None):
+    """Sets every live activation range to the mean over batches of the batch range.
+
+    The batch range is the one phase A follows (`quantizers.batch_range` at
+    `config.range_percentile`, set when the model was built).
+
+    Runs `config.calibration_batches` forward passes with `training=True` (no weight update), with
+    the moving-average decay of batch t (1-based) set to (t - 1) / t, so each range ends as the
+    exact mean of the per-batch ranges and tfmot's [-6, 6] start leaves no trace. Frozen ranges stay
+    as they are.
+
+    Args:
+        q_model: a model from `build_qat_model`.
+        dataset: batches as accepted by `take_inputs` (float RGB in [0, 1]).
+        config: `QATConfig` (for `calibration_batches`).
+
+    Returns:
+        The number of batches used.
+    """
+    config = config or QATConfig()
+    act_vars = quantizer_variables(q_model, "activation")
+    decays = [float(v["ema_decay"].numpy()) for v in act_vars]
+    forward = tf.function(lambda x: q_model(x, training=True))
+    count = 0
+    try:
+        for count, x in enumerate(take_inputs(dataset, config.calibration_batches), start=1):
+            for variables in act_vars:
+                variables["ema_decay"].assign((count - 1) / count)
+            forward(x)
+    finally:
+        for variables, decay in zip(act_vars, decays):
+            variables["ema_decay"].assign(decay)
+    if count == 0:
+        raise ValueError("QAT calibration got no batch from the dataset")
+    logging.info("QAT calibration: %d activation ranges over %d batches", len(act_vars), count)
+    return count

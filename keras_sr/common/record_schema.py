@@ -1,9 +1,10 @@
 """The TFRecord contract between teacher_bridge (torch) and keras_sr (TensorFlow).
 
-Standard library only: the teacher job runs where TensorFlow is absent, and keras_sr reads the same files
-with `tf.data.TFRecordDataset` + `tf.io.parse_single_example`. Records are serialized `tf.train.Example`
-protos in the TFRecord framing (length, masked CRC-32C, payload, masked CRC-32C); both are encoded here by
-hand so that no protobuf or TensorFlow import is needed.
+Standard library only (plus `keras_sr.common.fileio`): the teacher job runs where TensorFlow is absent,
+and keras_sr reads the same files with `tf.data.TFRecordDataset` + `tf.io.parse_single_example`.
+Records are serialized `tf.train.Example` protos in the TFRecord framing (length, masked CRC-32C,
+payload, masked CRC-32C); both are encoded here by hand so that no protobuf or TensorFlow import is
+needed.
 
 Two record kinds share the key `image_id` (UTF-8 bytes), which joins them:
 
@@ -13,9 +14,16 @@ Two record kinds share the key `image_id` (UTF-8 bytes), which joins them:
 * Teacher records (`TEACHER_FEATURES`), written by `tools/precompute_teacher.py`: `teacher_png` is the
   teacher's x`scale` output for the LR image of the same `image_id`, clamped to [0, 1] and rounded to
   uint8 (8-bit RGB PNG of size `height` x `width` = scale * LR size), plus the provenance of that output.
+
+Both jobs write sharded outputs the same way: a shard "<name>.tfrecord" is finished once its summary
+"<name>.json" exists (written after the records, both atomically) and holds the job's settings under
+"settings"; a rerun with the same settings skips finished shards (`finished_shard`).
 """
+import glob
 import os
 import struct
+
+from keras_sr.common import fileio
 
 BYTES, INT64, FLOAT = "bytes", "int64", "float"
 
@@ -205,24 +213,23 @@ def decode_example(serialized, schema):
 def write_tfrecord(path, serialized_records):
     """Writes serialized records to `path` atomically: readers never see a partial file.
 
+    The file is written through `fileio.atomic_open`, so an exception raised while writing (by the
+    `serialized_records` iterator, say) leaves `path` as it was and no temporary file behind.
+
+    Args:
+        path: the TFRecord file.
+        serialized_records: iterable of bytes (e.g. from `encode_example`), consumed while writing.
+
     Returns:
         The number of records written.
     """
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            for record in serialized_records:
-                length = struct.pack("<Q", len(record))
-                f.write(length + struct.pack("<I", masked_crc32c(length)))
-                f.write(record + struct.pack("<I", masked_crc32c(record)))
-                count += 1
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with fileio.atomic_open(path) as f:
+        for record in serialized_records:
+            length = struct.pack("<Q", len(record))
+            f.write(length + struct.pack("<I", masked_crc32c(length)))
+            f.write(record + struct.pack("<I", masked_crc32c(record)))
+            count += 1
     return count
 
 
@@ -247,3 +254,59 @@ def read_tfrecord(path, verify=True):
                 raise RecordError(f"{path}: corrupt data in record {index}")
             yield data
             index += 1
+
+
+def list_record_files(records):
+    """Expands record paths into a list of files.
+
+    Args:
+        records: a path or a list of paths; each is a TFRecord file, a folder (all *.tfrecord
+            inside) or a glob pattern.
+
+    Returns:
+        [str, ...]: the files of each path, sorted, in the order of the paths.
+
+    Raises:
+        FileNotFoundError: a path that matches no file.
+    """
+    files = []
+    for spec in [records] if isinstance(records, (str, os.PathLike)) else records:
+        spec = os.fspath(spec)
+        if os.path.isdir(spec):
+            found = sorted(glob.glob(os.path.join(spec, "*.tfrecord")))
+        elif os.path.isfile(spec):
+            found = [spec]
+        else:
+            found = sorted(glob.glob(spec))
+        if not found:
+            raise FileNotFoundError(f"no TFRecord files found for {spec!r}")
+        files.extend(found)
+    return files
+
+
+# --- Sharded outputs. -----------------------------------------------------------------------------
+def shard_json_path(path):
+    """The summary file of the shard `path`: "<name>.tfrecord" -> "<name>.json"."""
+    return os.path.splitext(os.fspath(path))[0] + ".json"
+
+
+def finished_shard(path, settings):
+    """The summary of shard `path` if it was finished with `settings`, else None.
+
+    Args:
+        path: the shard's TFRecord file.
+        settings: JSON-like dict of the job settings; compared with the summary's "settings" entry.
+
+    Returns:
+        The shard's summary dict (from `shard_json_path(path)`), or None when the shard or its
+        summary is missing or the summary was written with other settings: the shard must be
+        (re)written.
+
+    Raises:
+        ValueError: the summary file is not valid JSON.
+    """
+    summary_path = shard_json_path(path)
+    if not (os.path.isfile(path) and os.path.isfile(summary_path)):
+        return None
+    summary = fileio.read_json(summary_path)
+    return summary if isinstance(summary, dict) and summary.get("settings") == settings else None
