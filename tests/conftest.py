@@ -3,8 +3,10 @@
 `../shared` (data, fixtures, references) sits beside the checkout on CI and on the developers' machines but
 not in a user's clone; tests that need it skip with a reason that says so.
 """
+import importlib
 import os
 import pathlib
+import sys
 import types
 
 import keras_sr  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any test imports TensorFlow)
@@ -12,8 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
+from absl import flags
 
-from keras_sr import configs, models, quant
+from keras_sr import configs, data, models, quant
+from keras_sr.common import image_io
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("KERAS_SR_SHARED", REPO_ROOT.parent / "shared"))
@@ -39,6 +43,51 @@ def require_shared(*parts):
         pytest.skip(f"{path} is absent: this test needs the ../shared folder beside the checkout "
                     "(present on CI, not in a plain clone)")
     return path
+
+
+def run_tool(name, *args):
+    """Runs the binary tools/NAME.py in this process, as `keras-sr-...` would, and returns main's value.
+
+    The module is imported as installed (`keras_sr_tools.NAME`), its flags are parsed from `args`,
+    then its `main` is called. Afterwards its flags are removed again, so that binaries which define
+    flags of the same name (--json, --workdir, ...) can run one after another in one process. Flag
+    errors (`flags.Error`) and `app.UsageError` propagate to the caller.
+    """
+    module_name = f"keras_sr_tools.{name}"
+    module = importlib.import_module(module_name)
+    try:
+        flags.FLAGS([name, *args])
+        return module.main([name])
+    finally:
+        flags.FLAGS.unparse_flags()
+        for flag in flags.FLAGS.get_flags_for_module(module_name):
+            delattr(flags.FLAGS, flag.name)
+        del sys.modules[module_name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiny training data: SR records of four 72x90 images and a validation set of two.
+
+def smooth_image(rng, height, width):
+    """A random photograph-like image: low-frequency colour fields plus mild texture."""
+    coarse = rng.random((height // 8 + 2, width // 8 + 2, 3))
+    image = tf.image.resize(coarse[None], (height, width), "bicubic")[0].numpy()
+    image += 0.05 * rng.standard_normal(image.shape)
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """SR records of four 72x90 images and an EDSR-layout validation folder of two."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        os.makedirs(root / split)
+        for i in range(count):
+            image_io.write_png(str(root / split / f"{split}{i}.png"), smooth_image(rng, 72, 90))
+    data.prepare_records(f"folder:{root / 'train'}", str(root / "records"), num_shards=2)
+    data.prepare_benchmark(f"folder:{root / 'val'}", str(root / "val_set"))
+    return str(root / "records"), str(root / "val_set")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,12 +1,9 @@
 """Benchmark evaluation: the published bicubic baselines, predictor contracts, and the binary."""
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tf_keras as keras
-from conftest import REPO_ROOT, require_shared
+from conftest import require_shared
 
 from keras_sr import evaluate
 from keras_sr.data import builtin, load_benchmark
@@ -51,35 +48,3 @@ def test_keras_model_predictor_runs_whole_images_and_quantises(builtin_val):
 def test_a_predictor_of_the_wrong_size_is_reported(builtin_val):
     with pytest.raises(ValueError, match=r"prediction for chelsea .* expected uint8 \(300, 450"):
         evaluate.evaluate_benchmark(lambda lr: np.zeros((10, 10, 3), np.uint8), builtin_val)
-
-
-def test_evaluate_binary_writes_json_and_table(tmp_path):
-    data = require_shared("data", "Set5")
-    out = tmp_path / "set5.json"
-    proc = subprocess.run([sys.executable, "tools/evaluate.py", "--model=bicubic", f"--data={data}",
-                           f"--json={out}"],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    result = json.loads(out.read_text())
-    assert result["psnr_y"] == pytest.approx(30.40, abs=0.01)
-    names = [m["name"] for m in result["per_image"]]
-    assert names == ["baby", "bird", "butterfly", "head", "woman"]
-    assert "mean" in proc.stdout and "30.40" in proc.stdout
-
-    bad = subprocess.run([sys.executable, "tools/evaluate.py", "--model=bicubic",
-                          f"--data={tmp_path / 'missing'}"], cwd=REPO_ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert bad.returncode != 0 and "--data must be an existing folder" in bad.stderr
-
-
-def test_prepare_data_binary_writes_benchmark_layout_and_records(tmp_path):
-    layout, records = tmp_path / "val", tmp_path / "records"
-    for args in ([f"--output={layout}", "--format=benchmark"],
-                 [f"--output={records}", "--num_shards=2", "--num_workers=1"]):
-        proc = subprocess.run(
-            [sys.executable, "tools/prepare_data.py", "--source=builtin:val", *args],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (layout / "HR").iterdir()) == ["chelsea.png", "coffee.png"]
-    summary = json.loads((records / "summary.json").read_text())
-    assert (summary["num_examples"], summary["num_shards"], summary["skipped"]) == (2, 2, [])

@@ -5,15 +5,13 @@ student's QAT model, calibrates it and trains it for a few steps of each phase o
 images.
 """
 import os
-import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from conftest import (QAT_CONFIG, TOTAL_STEPS, fused_student, kernels, make_train_step, ranges,
-                      synthetic_pair)
+from conftest import (QAT_CONFIG, TOTAL_STEPS, fused_student, make_train_step, synthetic_pair)
 
 from keras_sr import configs, models, quant, workdir
 from keras_sr.common import fileio

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, require_shared
+from conftest import require_shared, run_tool
 from torch import nn
 
 import teacher_bridge
@@ -406,10 +406,8 @@ def test_precompute_tool_on_an_image_folder(tmp_path, smoke_teacher):
     for name, image in images.items():
         cv2.imwrite(str(folder / f"{name}.png"), image[..., ::-1] if image.ndim == 3 else image)
     out = tmp_path / "out"
-    subprocess.run([sys.executable, "-m", "tools.precompute_teacher",
-                    f"--checkpoint={smoke_teacher.checkpoint_path}", "--config=smoke",
-                    f"--images={folder}", f"--output={out}", "--routing=argmax", "--num_shards=2"],
-                   check=True, capture_output=True, cwd=REPO_ROOT)
+    run_tool("precompute_teacher", f"--checkpoint={smoke_teacher.checkpoint_path}", "--config=smoke",
+             f"--images={folder}", f"--output={out}", "--routing=argmax", "--num_shards=2")
     flags_used = json.loads((out / "flags.json").read_text())
     assert flags_used["routing"] == "argmax" and flags_used["num_shards"] == 2
     records = _read_teacher_records(out)

@@ -9,31 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_sr import configs, data, evaluate, losses, workdir
-from keras_sr.common import image_io
+from keras_sr import configs, evaluate, losses, workdir
 from keras_sr.train import lib
-
-
-def _smooth_image(rng, height, width):
-    """A random photograph-like image: low-frequency colour fields plus mild texture."""
-    coarse = rng.random((height // 8 + 2, width // 8 + 2, 3))
-    image = tf.image.resize(coarse[None], (height, width), "bicubic")[0].numpy()
-    image += 0.05 * rng.standard_normal(image.shape)
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    """SR records of four 72x90 images and an EDSR-layout validation folder of two."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 4), ("val", 2)):
-        os.makedirs(root / split)
-        for i in range(count):
-            image_io.write_png(str(root / split / f"{split}{i}.png"), _smooth_image(rng, 72, 90))
-    data.prepare_records(f"folder:{root / 'train'}", str(root / "records"), num_shards=2)
-    data.prepare_benchmark(f"folder:{root / 'val'}", str(root / "val_set"))
-    return str(root / "records"), str(root / "val_set")
 
 
 def _smoke(stage, **changes):

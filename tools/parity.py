@@ -33,10 +33,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     run = WorkDir.open(_WORKDIR.value)
-    if run.stage != 3:
-        raise app.UsageError(f"--workdir={_WORKDIR.value} is a Stage-{run.stage} run; parity "
-                             "needs a Stage-3 (QAT) run")
-    q_model = run.load("qat")
+    try:
+        q_model = run.load("qat")
+    except ValueError as e:  # not a Stage-3 run, or a checkpoint that does not fit its config
+        raise app.UsageError(f"--workdir: {e}") from None
     model = _TFLITE.value or tflite_lib.convert_qat(q_model, (1, None, None, 3))
     predictor = tflite_runner.TFLitePredictor(model, num_threads=_THREADS.value)
     images = sources.load_lr_images(_DATA.value, run.config.model.scale)

@@ -68,8 +68,7 @@ def resolved_config():
         return config.replace(loss=config.loss.replace(**loss), qat=config.qat.replace(**qat),
                               **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
-        raise app.UsageError(f"bad --steps/--batch_size/--learning_rate/--time_budget_minutes/"
-                             f"--loss_*/--qat_* value: {e}") from None
+        raise app.UsageError(f"bad training flags: {e}") from None
 
 
 def main(argv):

@@ -9,6 +9,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 
 _TMP_PREFIX = ".tmp-"  # hidden, so that globs such as *.tfrecord never pick up a file being written
 
@@ -43,6 +45,41 @@ def atomic_open(path, mode="wb"):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yields a temporary folder next to `path` that replaces the folder `path` when the block completes.
+
+    For outputs that are folders (a SavedModel). The temporary folder gets the usual permissions
+    (0o777 minus the umask). An existing `path` is moved aside and deleted only once the new folder
+    is in place; if the block raises, the temporary folder is removed and `path` is left as it was.
+
+    Args:
+        path: the folder to write.
+
+    Yields:
+        The temporary folder's path (str).
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_TMP_PREFIX)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700
+        if os.path.exists(path):
+            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
+            os.replace(path, os.path.join(old, "previous"))
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -7,10 +7,6 @@ model a work directory holds (`keras_sr.workdir`), converts it (`tflite_lib`) an
     OUTPUT.savedmodel/   serving_default: float NHWC RGB in [0, 1] -> the model's output in [0, 1]
     OUTPUT.json          ops, IO quantization, parameter count, source checkpoint, settings
 """
-import os
-import shutil
-import tempfile
-
 import numpy as np
 import tensorflow as tf
 
@@ -20,13 +16,6 @@ from keras_sr.export import tflite_lib
 from keras_sr.workdir import WorkDir
 
 KINDS = ("int8", "float", "ptq")
-
-
-def _default_mode(mode):
-    """`mode` masked by the process umask (temp files are created private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
 
 
 def save_serving_model(model, path):
@@ -45,23 +34,8 @@ def save_serving_model(model, path):
     module.serve = tf.function(lambda lr: {"sr": model(lr, training=False)},
                                input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32,
                                                               name="lr")])
-    path = os.path.abspath(path)
-    parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-")
-    try:
+    with fileio.atomic_directory(path) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
-        os.chmod(tmp, _default_mode(0o777))
-        if os.path.exists(path):
-            old = tempfile.mkdtemp(dir=parent, prefix=".old-")
-            os.replace(path, os.path.join(old, "x"))
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_export(blob, output, keras_model, metadata=None):

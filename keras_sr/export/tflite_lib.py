@@ -25,6 +25,25 @@ INT8_OPS = frozenset({"QUANTIZE", "CONV_2D", "ADD", "DEPTH_TO_SPACE"})
 INTEGER_TYPES = frozenset({np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)})
 
 
+def _converter(model, input_shape, io=None, traced=None):
+    """A TFLiteConverter of `model` at `input_shape`, set up for integer IO of type `io` if given.
+
+    Args:
+        model: a Keras model, input float RGB in [0, 1].
+        input_shape: NHWC input shape with 3 channels; None for H and W: a dynamic shape.
+        io: None (float IO), "uint8" or "int8".
+        traced: the concrete function to convert, when it must be traced in a special context.
+    """
+    if io is not None and io not in IO_TYPES:
+        raise ValueError(f"io must be one of {sorted(IO_TYPES)}, got {io!r}")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [traced or _concrete_function(model, input_shape)], model)
+    if io is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.inference_input_type = converter.inference_output_type = IO_TYPES[io]
+    return converter
+
+
 def _concrete_function(model, input_shape):
     if len(input_shape) != 4 or input_shape[-1] != 3:
         raise ValueError(f"input shape must be NHWC with 3 channels, got {tuple(input_shape)}")
@@ -50,25 +69,18 @@ def convert_qat(q_model, input_shape=DEFAULT_INPUT_SHAPE, io="uint8"):
     Raises:
         ValueError: if the result holds a float tensor, a DEQUANTIZE or an unexpected op.
     """
-    if io not in IO_TYPES:
-        raise ValueError(f"io must be one of {sorted(IO_TYPES)}, got {io!r}")
     # The converter folds plain FakeQuant ops; the runtime then computes what the QAT model's
     # rounding emulates.
     with quant.converter_graph(q_model):
-        function = _concrete_function(q_model, input_shape)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], q_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = converter.inference_output_type = IO_TYPES[io]
-    blob = converter.convert()
+        traced = _concrete_function(q_model, input_shape)
+    blob = _converter(q_model, input_shape, io, traced).convert()
     check_int8(blob)
     return blob
 
 
 def convert_float(model, input_shape=DEFAULT_INPUT_SHAPE):
     """Converts a float Keras model (e.g. `keras_sr.quant.float_twin`) to an FP32 flatbuffer."""
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_concrete_function(model, input_shape)], model)
-    return converter.convert()
+    return _converter(model, input_shape).convert()
 
 
 def convert_ptq(model, representative_inputs, input_shape=DEFAULT_INPUT_SHAPE, io="uint8"):
@@ -85,14 +97,9 @@ def convert_ptq(model, representative_inputs, input_shape=DEFAULT_INPUT_SHAPE, i
     Returns:
         The .tflite bytes (checked to be fully integer).
     """
-    if io not in IO_TYPES:
-        raise ValueError(f"io must be one of {sorted(IO_TYPES)}, got {io!r}")
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [_concrete_function(model, input_shape)], model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter = _converter(model, input_shape, io)
     converter.representative_dataset = lambda: ([x] for x in representative_inputs)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = IO_TYPES[io]
     blob = converter.convert()
     check_int8(blob)
     return blob

@@ -7,9 +7,10 @@
 Neither updates a weight: both run the model with `training=True` on training batches and keep
 only the statistics.
 
-BN recalibration. The moving statistics a model ends training with are an exponential average over weights that kept
-changing; folding them into the deploy convs bakes that lag in. Recalibration replaces them with the
-exact mean over N batches of the statistics each BN sees in training mode with the final weights:
+BN recalibration. The moving statistics a model ends training with are an exponential average over
+weights that kept changing; folding them into the deploy convs bakes that lag in. Recalibration
+replaces them with the exact mean over N batches of the statistics each BN sees in training mode
+with the final weights:
 
     moving_mean     = mean_t E_t[x]
     moving_variance = mean_t Var_t[x]

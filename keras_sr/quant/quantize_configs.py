@@ -179,9 +179,7 @@ class MobileOneQuantizeConfig(_QuantizeConfig):
     a freezable moving-average range, as after a fused conv.
 
     Args:
-        per_axis: per-output-channel weight ranges.
-        ema_decay: initial moving-average decay of the output range.
-        percentile: batch statistic of the output range (`quantizers.batch_range`).
+        per_axis, ema_decay, percentile: as for `ConvQuantizeConfig`.
     """
 
     def __init__(self, per_axis=True, ema_decay=0.999, percentile=100.0):

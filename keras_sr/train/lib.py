@@ -120,10 +120,16 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     if config.stage >= 2 and not teacher_records:
         logging.warning("No --teacher_records: Stage %d trains without the distillation term.",
                         config.stage)
-    dataset = pipeline.make_train_dataset(
-        train_records, lr_patch=config.lr_patch, batch_size=config.batch_size,
-        scale=config.model.scale, teacher_records=teacher_records,
-        shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+    def input_pipeline():
+        return pipeline.make_train_dataset(
+            train_records, lr_patch=config.lr_patch, batch_size=config.batch_size,
+            scale=config.model.scale, teacher_records=teacher_records,
+            shuffle_buffer=config.shuffle_buffer, seed=config.seed)
+
+    # Every iterator of a tf.data pipeline draws a new shuffle order, so the training stream gets
+    # a pipeline of its own: it is then the same whether or not Stage 3 calibrated first, and a
+    # resumed run can skip to where it stopped.
+    dataset = input_pipeline()
     loss_fn = losses.make_loss(config.loss, with_teacher=bool(teacher_records))
 
     # --- Model, optimizer, checkpoint (resume first, then initialise). ---
@@ -132,11 +138,15 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
         checkpoint_dir = os.path.join(workdir, "tmp", f"worker-{strategy.cluster_resolver.task_id}")
     latest = tf.train.latest_checkpoint(os.path.join(workdir, wd.CHECKPOINTS))
     with strategy.scope():
-        stage = stages.build(config, source, dataset=dataset, resume=latest is not None)
+        stage = stages.build(config, source, calibration_data=input_pipeline,
+                             resume=latest is not None)
         model = stage.model
         schedule = WarmupCosine(config.learning_rate, config.steps, config.warmup_steps,
                                 config.final_learning_rate)
         optimizer = keras.optimizers.Adam(schedule)
+        # Adam's moments would otherwise be created inside the first compiled step, too late for
+        # the strict restore below to check (or, traced, to receive) their checkpointed values.
+        optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         state = dict(model=model, optimizer=optimizer, step=step, total_steps=schedule.total_steps)
         checkpoint = tf.train.Checkpoint(**state)

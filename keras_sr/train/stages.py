@@ -52,14 +52,14 @@ def starting_point(config, init_from):
     return config.replace(model=source.config.model), source
 
 
-def build(config, source: Optional[WorkDir] = None, dataset=None, resume=False):
+def build(config, source: Optional[WorkDir] = None, calibration_data=None, resume=False):
     """Builds the `Stage` for `config.stage`.
 
     Args:
         config: the resolved `TrainConfig` (see `starting_point`).
         source: the `WorkDir` of the previous stage (Stages 2 and 3).
-        dataset: the training `tf.data.Dataset` (Stage 3 uses it for BN recalibration and for the
-            observers' calibration).
+        calibration_data: a function returning a new training `tf.data.Dataset`, whose batches
+            Stage 3 uses for BN recalibration and for the observers' calibration.
         resume: True when a checkpoint of this run will be restored next, so initialisation that the
             checkpoint overwrites is skipped.
     """
@@ -69,7 +69,7 @@ def build(config, source: Optional[WorkDir] = None, dataset=None, resume=False):
         logging.info("Stage 2 starts from %s.", source.checkpoint)
         return Stage(source.load("training"))
     q_model = (quant.qat_checkpoint_model(config.model, config.qat) if resume
-               else _qat_model_from(source, config, dataset))
+               else _qat_model_from(source, config, calibration_data()))
     return Stage(q_model,
                  post_update=lambda: quant.post_update(q_model),
                  on_step=lambda step, total: quant.set_phase(
