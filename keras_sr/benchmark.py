@@ -6,6 +6,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from keras_sr import models
+from keras_sr.configs import ModelConfig
 
 
 def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5,
@@ -45,12 +46,31 @@ def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5
     return steps / (time.perf_counter() - start)
 
 
-def student_train_rates(model_kwargs=None, **kwargs):
-    """Train-step rates of the multi-branch training form and of the fused deploy form."""
-    model_kwargs = model_kwargs or {}
-    return {
-        "training_form_steps_per_s": train_steps_per_second(
-            models.build_student(**model_kwargs), **kwargs),
-        "deploy_form_steps_per_s": train_steps_per_second(
-            models.build_student(reparameterized=True, **model_kwargs), **kwargs),
-    }
+# The training forms measured against the deploy form: the paper's BN MobileOne, its online
+# (OREPA) form, and the plain network (a deploy graph trained as it is).
+TRAINING_FORMS = ("mobileone", "mobileone_online", "repconv", "plain")
+
+
+def student_train_rates(model_config=None, block_types=TRAINING_FORMS, **kwargs):
+    """Train-step rates of each training form and of the fused deploy form, in one process.
+
+    Args:
+        model_config: the `ModelConfig` of the student (default: the paper's); its block type is
+            replaced by each of `block_types`.
+        block_types: training forms to time.
+        **kwargs: `train_steps_per_second` arguments.
+
+    Returns:
+        dict: "deploy_form_steps_per_s", and for each block type "<type>_steps_per_s" and
+        "<type>_ratio_to_deploy" (its rate over the deploy form's).
+    """
+    model_config = model_config or ModelConfig()
+    deploy = train_steps_per_second(models.build_student(model_config, reparameterized=True),
+                                    **kwargs)
+    rates = {"deploy_form_steps_per_s": deploy}
+    for block_type in block_types:
+        rate = train_steps_per_second(models.build_student(model_config, block_type=block_type),
+                                      **kwargs)
+        rates[f"{block_type}_steps_per_s"] = rate
+        rates[f"{block_type}_ratio_to_deploy"] = rate / deploy
+    return rates

@@ -20,7 +20,10 @@ Forms (`FORMS`):
     float_twin  the FP32 fused graph holding the QAT model's latent weights (Stage 3 only)
 
 `trained_form` is the form a run trains and validates: "training" for Stages 1-2, "qat" for 3.
-Every restore is strict: each variable of the model must be found in the checkpoint.
+A Stage-1/2 run with `TrainConfig.fuse_at` trains the deploy graph from its fuse step on; its later
+checkpoints hold that graph, which is the "plain" student's (`WorkDir.model_config`), and every
+form of it is that fused student. Every restore is strict: each variable of the model must be
+found in the checkpoint.
 """
 import dataclasses
 import os
@@ -111,6 +114,18 @@ class WorkDir:
         return self.config.stage
 
     @property
+    def holds_fused_student(self):
+        """Whether the checkpoint is of a `fuse_at` run past its fuse step (the deploy graph)."""
+        return holds_fused_student(self.config, self.checkpoint)
+
+    @property
+    def model_config(self):
+        """The `ModelConfig` of the student the checkpoint holds (Stages 1-2)."""
+        if self.holds_fused_student:
+            return self.config.model.replace(block_type="plain")
+        return self.config.model
+
+    @property
     def trained_form(self):
         """The form the run trains and validates: "training" (Stages 1-2) or "qat" (Stage 3)."""
         return "qat" if self.stage == 3 else "training"
@@ -130,7 +145,7 @@ class WorkDir:
             if form in ("qat", "float_twin"):
                 raise ValueError(f"{self.path} is a Stage-{self.stage} (FP32) run: the {form!r} "
                                  "form needs a Stage-3 (QAT) run")
-            student = models.build_student(self.config.model)
+            student = models.build_student(self.model_config)
             self._restore(student)
             return student if form == "training" else models.reparameterize(student)
         if form == "training":
@@ -149,6 +164,26 @@ class WorkDir:
     def _restore(self, model):
         restore(self.checkpoint, f"the model that {os.path.join(self.path, CONFIG)} describes",
                 model=model)
+
+
+def holds_fused_student(config, checkpoint):
+    """Whether a training checkpoint of `config` holds the fused student (see `TrainConfig.fuse_at`).
+
+    Args:
+        config: the run's `TrainConfig`.
+        checkpoint: a checkpoint prefix written by the training loop (its step and total_steps
+            decide).
+    """
+    if not config.fuse_at:
+        return False
+    return checkpoint_value(checkpoint, "step") >= config.fuse_step(
+        checkpoint_value(checkpoint, "total_steps"))
+
+
+def checkpoint_value(checkpoint, name):
+    """The value of the training loop's scalar variable `name` ("step", "total_steps") in a
+    checkpoint, read without building anything."""
+    return int(tf.train.load_variable(checkpoint, f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
 
 
 def load(path, form):

@@ -3,6 +3,7 @@
 `../shared` (data, fixtures, references) sits beside the checkout on CI and on the developers' machines but
 not in a user's clone; tests that need it skip with a reason that says so.
 """
+import dataclasses
 import importlib
 import os
 import pathlib
@@ -63,6 +64,36 @@ def run_tool(name, *args):
         for flag in flags.FLAGS.get_flags_for_module(module_name):
             delattr(flags.FLAGS, flag.name)
         del sys.modules[module_name]
+
+
+# --------------------------------------------------------------------------------------------------
+# A training process that dies between two steps.
+
+class Killed(Exception):
+    """Stands in for the process dying between two steps."""
+
+
+def kill_before_step(monkeypatch, doomed_step):
+    """Makes the next training run die just before step `doomed_step` runs.
+
+    Every `stages.Stage` made while the patch holds (also the fused one of a `fuse_at` run) raises
+    `Killed` from its `on_step` hook at that step.
+    """
+    from keras_sr.train import stages
+
+    @dataclasses.dataclass
+    class Dying(stages.Stage):
+        def __post_init__(self):
+            on_step = self.on_step
+
+            def dying(step, total):
+                if step == doomed_step:
+                    raise Killed(f"killed before step {step}")
+                on_step(step, total)
+
+            self.on_step = dying
+
+    monkeypatch.setattr(stages, "Stage", Dying)
 
 
 # --------------------------------------------------------------------------------------------------

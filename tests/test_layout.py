@@ -6,6 +6,7 @@ functions.
 """
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -117,11 +118,20 @@ def test_no_module_is_over_the_size_limit():
 def test_the_wheel_installs_no_top_level_tools_package(tmp_path):
     """tools/ is installed as keras_sr_tools; every console script points into it."""
     pytest.importorskip("setuptools")
+    # A copy of the sources: setuptools keeps a build/ folder whose stale files would end up in
+    # the wheel, and the checkout stays clean.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("setup.py", "setup.cfg", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    for name in ("keras_sr", "teacher_bridge", "tools"):
+        shutil.copytree(REPO_ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                           "-q", "-w", str(tmp_path), str(REPO_ROOT)],
+                           "-q", "-w", str(tmp_path / "dist"), str(source)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (wheel,) = tmp_path.glob("keras_sr-*.whl")
+    (wheel,) = (tmp_path / "dist").glob("keras_sr-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         entry_points = next(archive.read(n).decode() for n in names

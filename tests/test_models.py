@@ -9,6 +9,7 @@ import tf_keras as keras
 from keras_sr.models import (
     BLOCK_TYPES,
     MobileOneConv2D,
+    OnlineMobileOneConv2D,
     build_student,
     fused_conv,
     reparameterize,
@@ -36,6 +37,16 @@ def randomize_batch_norms(model, seed=0):
         bn.moving_mean.assign(rng.normal(0.0, 0.3, n))
         bn.moving_variance.assign(rng.uniform(0.3, 3.0, n))
     return len(bns)
+
+
+def randomize_online_scales(model, seed=1):
+    """Sets every branch scale of the online blocks to random values of either sign."""
+    rng = np.random.default_rng(seed)
+    scales = [v for m in (model, *model.submodules) if isinstance(m, OnlineMobileOneConv2D)
+              for v in m.trainable_weights if "scale" in v.name]
+    for v in scales:
+        v.assign(rng.uniform(0.2, 0.6, v.shape) * rng.choice([-1.0, 1.0], v.shape))
+    return len(scales)
 
 
 def random_images(shape=(1, 12, 12, 3), seed=0):
@@ -105,6 +116,56 @@ def test_training_forward_is_separate_branches(depthwise):
     np.testing.assert_allclose(layer(x, training=True), expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("filters, in_channels, kernel_size, num_branches, normalize", [
+    (8, 8, 3, 4, True),    # k 3x3, 1x1, identity
+    (8, 8, 3, 1, True),    # RepVGG-like
+    (12, 8, 3, 2, True),   # in != out: no identity branch
+    (8, 8, 5, 2, True),    # 1x1 on the centre tap of a 5x5
+    (8, 8, 1, 3, True),    # pointwise: no 1x1 branch
+    (8, 8, 3, 4, False),   # no BN: a bias
+    (12, 8, 3, 2, False),
+])
+def test_online_layer_fuses_exactly(filters, in_channels, kernel_size, num_branches, normalize):
+    layer = OnlineMobileOneConv2D(filters, kernel_size, num_branches=num_branches, activation=None,
+                                  normalize=normalize)
+    x = np.random.default_rng(1).normal(0.0, 1.0, (2, 7, 9, in_channels)).astype(np.float32)
+    layer(x)
+    assert randomize_batch_norms(layer) == int(normalize)
+    if not normalize:
+        layer.bias.assign(np.random.default_rng(3).normal(0.0, 0.5, filters))
+    assert randomize_online_scales(layer) == 1 + (kernel_size > 1) + (in_channels == filters)
+    expected = layer(x, training=False).numpy()
+    kernel, bias = layer.fused_weights()
+    assert kernel.shape == (kernel_size, kernel_size, in_channels, filters)
+    fused = fused_conv(filters, kernel_size, activation=None)
+    fused.build(x.shape)
+    fused.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    error = np.abs(fused(x).numpy() - expected).max()
+    assert error < FUSED_ATOL * max(1.0, np.abs(expected).max()), error
+
+
+def test_online_training_forward_is_the_sum_of_separate_branches():
+    """One conv of the merged kernel equals the scaled branch convs summed (before the BN)."""
+    layer = OnlineMobileOneConv2D(8, 3, num_branches=3, activation=None)
+    x = np.random.default_rng(2).normal(0.0, 1.0, (2, 6, 7, 8)).astype(np.float32)
+    layer(x)
+    # The branches start different (identical ones would stay identical in training).
+    kernels = layer.kernel_kxk.numpy()
+    assert min(np.abs(kernels[0] - kernels[j]).max() for j in (1, 2)) > 0.1
+    randomize_online_scales(layer)
+    conv = lambda k: tf.nn.conv2d(x, k, 1, "SAME").numpy()  # noqa: E731
+    branches = sum(conv(layer.kernel_kxk[j] * layer.scale_kxk[j]) for j in range(3))
+    branches += conv((layer.kernel_1x1 * layer.scale_1x1)[None, None])
+    branches += x * layer.scale_identity.numpy()
+    merged = tf.nn.conv2d(x, layer.merged_kernel(), 1, "SAME").numpy()
+    np.testing.assert_allclose(merged, branches, atol=1e-5)
+    # Every branch's own kernel and scale gets a gradient through the merged kernel.
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=True) ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
 @pytest.mark.parametrize("block_type, channels, num_blocks, num_branches", [
     ("mobileone", 32, 8, 4),
     ("mobileone", 8, 2, 1),
@@ -113,12 +174,19 @@ def test_training_forward_is_separate_branches(depthwise):
     ("repdw", 8, 2, 3),
     ("repdw", 16, 3, 1),
     ("plain", 8, 2, 4),
+    ("mobileone_online", 32, 8, 4),
+    ("mobileone_online", 8, 3, 1),
+    ("mobileone_online", 12, 2, 3),
+    ("mobileone_linear", 32, 8, 4),
+    ("mobileone_linear", 8, 2, 2),
 ])
 def test_student_fuses_exactly(block_type, channels, num_blocks, num_branches):
     kwargs = dict(block_type=block_type, channels=channels, num_blocks=num_blocks,
                   num_branches=num_branches)
     model = build_student(**kwargs)
     randomize_batch_norms(model)
+    online = block_type in ("mobileone_online", "mobileone_linear")
+    assert randomize_online_scales(model) == (3 * num_blocks if online else 0)
     fused = reparameterize(model)
     assert fused.get_config() == build_student(reparameterized=True, **kwargs).get_config()
     assert not any(isinstance(m, keras.layers.BatchNormalization) for m in fused.submodules)

@@ -10,34 +10,10 @@ import pathlib
 import numpy as np
 import pytest
 from absl import app, flags
-from conftest import require_shared, run_tool
+from conftest import Killed, kill_before_step, require_shared, run_tool
 
 from keras_sr import evaluate, workdir
 from keras_sr.export import tflite_lib
-from keras_sr.train import stages
-
-
-class Killed(Exception):
-    """Stands in for the process dying between two steps."""
-
-
-def _kill_before_step(monkeypatch, doomed_step):
-    """Makes the next training run die just before step `doomed_step` runs."""
-    build = stages.build
-
-    def build_then_die(*args, **kwargs):
-        stage = build(*args, **kwargs)
-        on_step = stage.on_step
-
-        def dying(step, total):
-            if step == doomed_step:
-                raise Killed(f"killed before step {step}")
-            on_step(step, total)
-
-        stage.on_step = dying
-        return stage
-
-    monkeypatch.setattr(stages, "build", build_then_die)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +27,7 @@ def stage3_runs(tiny_data, tmp_path_factory):
     run_tool("train", f"--workdir={root / 'straight'}", *stage3)
     with pytest.MonkeyPatch.context() as monkeypatch:
         # The smoke config checkpoints every 3 of its 6 steps: ckpt-3 is the last one written.
-        _kill_before_step(monkeypatch, 5)
+        kill_before_step(monkeypatch, 5)
         with pytest.raises(Killed, match="before step 5"):
             run_tool("train", f"--workdir={root / 'resumed'}", *stage3)
     assert workdir.WorkDir.open(root / "resumed").checkpoint.endswith("ckpt-3")

@@ -8,8 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import Killed, kill_before_step
 
-from keras_sr import configs, evaluate, losses, workdir
+from keras_sr import configs, evaluate, losses, models, workdir
 from keras_sr.train import lib
 
 
@@ -142,6 +143,42 @@ def test_stage2_with_teacher_records_from_the_bridge(tiny_data, tmp_path):
     # then L_KD = w_min * mean|y_hat - t| must lie in [0, w_min].
     assert 0.0 < metrics["train_kd"] <= config.loss.w_min
     assert {"train_charbonnier", "train_dct"} <= set(metrics)
+
+
+def test_fuse_at_switches_to_the_deploy_form_and_resumes_past_the_switch(tiny_data, tmp_path,
+                                                                         monkeypatch):
+    records, val = tiny_data
+    config = _smoke(1, model=configs.ModelConfig(block_type="mobileone_online", channels=8,
+                                                 num_blocks=2, num_branches=2), fuse_at=0.5)
+    assert config.fuse_step(config.steps) == 3
+    straight = lib.train(config, str(tmp_path / "straight"), records, val_data=val)
+    assert straight["fused"] and straight["step"] == 6
+    run = workdir.WorkDir.open(str(tmp_path / "straight"))
+    assert run.holds_fused_student and run.model_config.block_type == "plain"
+    # After the switch the checkpoint holds the deploy graph, the plain student's.
+    deploy = models.build_student(config.model, reparameterized=True)
+    assert run.load("training").get_config() == deploy.get_config()
+    before = workdir.WorkDir.open(str(tmp_path / "straight" / "checkpoints" / "ckpt-3"))
+    assert before.holds_fused_student  # saved after the switch at step 3
+    # The validation score of the run is its fused model's.
+    rescored = evaluate.evaluate_benchmark(evaluate.make_predictor(str(tmp_path / "straight")), val)
+    assert abs(rescored["psnr_y"] - straight["val_psnr_y"]) < 1e-6
+
+    # Killed past the switch and resumed: the same final weights as the run straight through.
+    with monkeypatch.context() as patch:
+        kill_before_step(patch, 5)
+        with pytest.raises(Killed, match="before step 5"):
+            lib.train(config, str(tmp_path / "resumed"), records)
+    lib.train(config, str(tmp_path / "resumed"), records)
+    a, b = (workdir.load(str(tmp_path / name), "training") for name in ("straight", "resumed"))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_allclose(wb, wa, rtol=1e-6, atol=1e-7)
+    # A later stage starts from the fused student.
+    stage3 = lib.train(_smoke(3), str(tmp_path / "s3"), records, init_from=str(tmp_path / "straight"))
+    assert stage3["step"] == 6
+    assert workdir.WorkDir.open(str(tmp_path / "s3")).config.model.block_type == "plain"
+    with pytest.raises(ValueError, match="fuse_at needs Stage 1 or 2 and a block type of"):
+        config.replace(model=config.model.replace(block_type="plain"))
 
 
 def test_time_budget_shortens_the_run_and_its_schedule(tiny_data, tmp_path, monkeypatch):

@@ -25,6 +25,9 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.d
 _STEPS = flags.DEFINE_integer("steps", None, "Override the config's number of steps.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak learning rate.")
+_BLOCK_TYPE = flags.DEFINE_enum("block_type", None, sorted(configs.BLOCK_TYPES),
+                                "Stage 1: the student's block type (Stages 2 and 3 take the model "
+                                "of --init_from).")
 _QAT_GRAPH = flags.DEFINE_enum(
     "qat_graph", None, list(configs.QAT_GRAPHS),
     "Stage 3: quantize the fused graph (default, what ships) or, as an ablation, train the multi-branch "
@@ -47,6 +50,9 @@ _QAT_FLAGS = {
     "kernel_clip_value": flags.DEFINE_float("qat_kernel_clip_value", None,
                                             "k of mean +- k std, or the upper percentile."),
 }
+_FUSE_AT = flags.DEFINE_float("fuse_at", None,
+                              "Stages 1-2: fraction of the run after which the training form is "
+                              "fused and the deploy form trained for the rest (0: never).")
 _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 
@@ -62,10 +68,15 @@ def resolved_config():
         raise app.UsageError("--loss_* flags apply to the Stage-2 loss (Stages 2 and 3)")
     if qat and config.stage != 3:
         raise app.UsageError("--qat_* flags apply to --stage=3 only")
+    if _BLOCK_TYPE.value and config.stage != 1:
+        raise app.UsageError("--block_type applies to --stage=1 only (later stages take the model "
+                             "of --init_from)")
+    model = config.model.replace(block_type=_BLOCK_TYPE.value) if _BLOCK_TYPE.value else config.model
     overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
-                 "time_budget_minutes": _BUDGET.value}
+                 "time_budget_minutes": _BUDGET.value, "fuse_at": _FUSE_AT.value}
     try:
-        return config.replace(loss=config.loss.replace(**loss), qat=config.qat.replace(**qat),
+        return config.replace(model=model, loss=config.loss.replace(**loss),
+                              qat=config.qat.replace(**qat),
                               **{k: v for k, v in overrides.items() if v is not None})
     except ValueError as e:
         raise app.UsageError(f"bad training flags: {e}") from None

@@ -27,11 +27,21 @@ BLOCK_TYPES = {
              "conv+BN, a depthwise 1x1 conv+BN, identity BN, ReLU) then 'block_{i}_pw' "
              "(num_branches 1x1 conv+BN, identity BN, ReLU); deploy: DepthwiseConv2D 3x3 + ReLU, "
              "then Conv2D 1x1 + ReLU",
+    "mobileone_online": "the mobileone branches with a learnable per-channel scale instead of each "
+                        "branch's BN, summed into one 3x3 kernel before a single conv + BN + ReLU "
+                        "(OnlineMobileOneConv2D, OREPA): one conv per block in training; deploy: "
+                        "one Conv2D 3x3 + ReLU",
+    "mobileone_linear": "mobileone_online without any BN: the merged kernel's conv gets a bias "
+                        "(linear over-parameterization; a step costs what plain's costs); deploy: "
+                        "one Conv2D 3x3 + ReLU",
     "plain": "Conv2D 3x3 + ReLU in both forms (num_branches is ignored)",
 }
 QAT_PHASES = ("A", "B", "C")
 KERNEL_CLIP_METHODS = ("none", "std", "percentile")
 QAT_GRAPHS = ("fused", "multibranch")
+# Block types whose deploy form is the "plain" student's graph (one Conv2D + ReLU per block), so a
+# run can continue on it after fusing (`TrainConfig.fuse_at`).
+FUSES_TO_PLAIN = ("mobileone", "mobileone_online", "mobileone_linear", "repconv")
 
 
 def positive_int(value, name):
@@ -243,7 +253,10 @@ class TrainConfig(DictMixin):
         loss: the training objective.
         qat: QAT settings (read by Stage 3 only).
         bn_recalibration_batches: forward-only batches that re-estimate BN statistics before folding
-            (Stage 3).
+            (Stage 3, and the switch of `fuse_at`).
+        fuse_at: Stages 1-2: the fraction of the run after which the multi-branch training form is
+            recalibrated, fused, and trained on as the deploy form (`fuse_step`); 0 trains the
+            training form throughout. Needs a block type of `FUSES_TO_PLAIN`.
         shuffle_buffer: number of decoded crops the input pipeline shuffles over.
         seed: seed of the input pipeline and of weight initialisation.
     """
@@ -264,6 +277,7 @@ class TrainConfig(DictMixin):
     loss: LossConfig = LossConfig.l1_only()
     qat: QATConfig = QATConfig()
     bn_recalibration_batches: int = 64
+    fuse_at: float = 0.0
     shuffle_buffer: int = 256
     seed: int = 0
 
@@ -281,6 +295,19 @@ class TrainConfig(DictMixin):
         for name in ("time_budget_minutes", "learning_rate", "final_learning_rate",
                      "warmup_steps"):
             _non_negative(getattr(self, name), name)
+        if not 0.0 <= self.fuse_at < 1.0:
+            raise ValueError(f"fuse_at must be a fraction in [0, 1), got {self.fuse_at!r}")
+        if self.fuse_at and (self.stage == 3 or self.model.block_type not in FUSES_TO_PLAIN):
+            raise ValueError(f"fuse_at needs Stage 1 or 2 and a block type of {FUSES_TO_PLAIN}, "
+                             f"got stage {self.stage}, block type {self.model.block_type!r}")
+
+    def fuse_step(self, total_steps):
+        """The step after which a run with `fuse_at` trains the deploy form (None: never).
+
+        Args:
+            total_steps: the run's length (a time budget may have shortened it).
+        """
+        return max(1, round(self.fuse_at * total_steps)) if self.fuse_at else None
 
     @classmethod
     def from_dict(cls, values):

@@ -33,7 +33,7 @@ def fused_conv(filters, kernel_size, depthwise=False, activation="relu", name=No
         filters, kernel_size, padding="same", activation=activation, name=name)
 
 
-def _bn_affine(bn):
+def bn_affine(bn):
     """Returns inference-time BN as float64 (scale, shift): bn(x) = x * scale + shift."""
     gamma, beta, mean, variance = (
         np.asarray(v.numpy(), np.float64)
@@ -167,7 +167,7 @@ class MobileOneConv2D(keras.layers.Layer):
             raise ValueError(f"{self.name}: fused_weights() needs a built layer (call it on an "
                              "input first)")
         k, c = self.num_branches, self.filters
-        scale, shift = _bn_affine(self.bn_kxk)
+        scale, shift = bn_affine(self.bn_kxk)
         kernel = np.asarray(_kernel(self.conv_kxk).numpy(), np.float64)
         if self.depthwise:
             kernel = (kernel * scale.reshape(c, k)).sum(axis=-1, keepdims=True)
@@ -178,12 +178,12 @@ class MobileOneConv2D(keras.layers.Layer):
             bias = shift.reshape(k, c).sum(axis=0)
         centre = self.kernel_size // 2
         if self.conv_scale is not None:
-            scale, shift = _bn_affine(self.bn_scale)
+            scale, shift = bn_affine(self.bn_scale)
             scale_kernel = np.asarray(_kernel(self.conv_scale).numpy()[0, 0], np.float64)
             kernel[centre, centre] += scale_kernel * (scale[:, None] if self.depthwise else scale)
             bias += shift
         if self.bn_identity is not None:
-            scale, shift = _bn_affine(self.bn_identity)
+            scale, shift = bn_affine(self.bn_identity)
             if self.depthwise:
                 kernel[centre, centre, :, 0] += scale
             else:

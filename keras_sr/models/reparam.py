@@ -1,8 +1,9 @@
 """Re-parameterization: training-form student -> deploy-form student, by rebuilding.
 
-The deploy model is built from the training model's config, with every `MobileOneConv2D` replaced by
-the plain layer it folds into (`MobileOneConv2D.fused_layer`), and gets fused weights; every other
-layer keeps its weights. The input model is never modified.
+The deploy model is built from the training model's config, with every re-parameterizable layer
+(`MobileOneConv2D`, `OnlineMobileOneConv2D`) replaced by the plain layer it folds into (its
+`fused_layer()`), and gets fused weights (`fused_weights()`); every other layer keeps its weights.
+The input model is never modified.
 """
 import numpy as np
 import tensorflow as tf
@@ -10,13 +11,17 @@ import tf_keras as keras
 from absl import logging
 
 from keras_sr.models.blocks import MobileOneConv2D
+from keras_sr.models.online import OnlineMobileOneConv2D
+
+# The layers that fold into a plain conv: each has fused_layer() and fused_weights().
+REPARAMETERIZABLE = (MobileOneConv2D, OnlineMobileOneConv2D)
 
 
 def reparameterize(model):
-    """Returns a new deploy-form copy of a functional model, with every `MobileOneConv2D` fused.
+    """Returns a new deploy-form copy of a functional model, with every block layer fused.
 
     Layer names are kept. At `training=False` the copy computes the same function as `model` (up to
-    float32 rounding: the folding itself runs in float64). A model without `MobileOneConv2D` layers
+    float32 rounding: the folding itself runs in float64). A model without re-parameterizable layers
     (e.g. one that is already fused) comes back as an equal copy.
 
     Args:
@@ -34,12 +39,12 @@ def reparameterize(model):
     config = model.get_config()
     for layer_config in config["layers"]:
         layer = model.get_layer(layer_config["name"])
-        if isinstance(layer, MobileOneConv2D):
+        if isinstance(layer, REPARAMETERIZABLE):
             layer_config.update(keras.layers.serialize(layer.fused_layer()))
     fused = keras.Model.from_config(config)
     for layer in fused.layers:
         source = model.get_layer(layer.name)
-        if isinstance(source, MobileOneConv2D):
+        if isinstance(source, REPARAMETERIZABLE):
             weights = source.fused_weights()
         else:
             weights = source.get_weights()

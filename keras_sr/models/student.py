@@ -14,14 +14,19 @@ import tf_keras as keras
 from keras_sr.configs import BLOCK_TYPES, ModelConfig  # noqa: F401  (BLOCK_TYPES: public here too)
 from keras_sr.models.blocks import MobileOneConv2D, fused_conv
 from keras_sr.models.depth_to_space import DepthToSpace
+from keras_sr.models.online import OnlineMobileOneConv2D
 
 _BLOCK_NAME = re.compile(r"block_(\d+)(_dw|_pw)?")
 
 
 def _block_layers(block_type, reparameterized, channels, num_branches, name):
     """Returns the layers of one block, applied in sequence, each ending in ReLU."""
-    if block_type == "plain":
+    online = block_type in ("mobileone_online", "mobileone_linear")
+    if block_type == "plain" or (online and reparameterized):
         return [fused_conv(channels, 3, name=name)]
+    if online:
+        return [OnlineMobileOneConv2D(channels, 3, num_branches=num_branches,
+                                      normalize=block_type == "mobileone_online", name=name)]
     if block_type == "repdw":
         # The pointwise stage has no separate 1x1 "scale" branch: its branches already are 1x1.
         convs = [(f"{name}_dw", 3, True, num_branches), (f"{name}_pw", 1, False, num_branches)]
@@ -102,9 +107,11 @@ def student_config(model):
         raise ValueError(f"model {model.name!r} is not a keras_sr student: it lacks the layers "
                          f"{sorted(missing) or 'block_0..block_{N-1}'}")
     first = names.get("block_0") or names["block_0_dw"]
-    config = {"reparameterized": not isinstance(first, MobileOneConv2D)}
+    config = {"reparameterized": not isinstance(first, (MobileOneConv2D, OnlineMobileOneConv2D))}
     if "block_0_dw" in names:
         config["block_type"] = "repdw"
+    elif isinstance(first, OnlineMobileOneConv2D):
+        config["block_type"] = "mobileone_online" if first.normalize else "mobileone_linear"
     elif config["reparameterized"]:
         config["block_type"] = "plain"
     else:

@@ -71,22 +71,104 @@ def _is_chief(strategy):
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-# Steps timed before a time budget fixes the run length (the first ones include tracing).
+# Steps timed before a time budget fixes the run length. The first step is left out of the rate:
+# it includes tracing, which takes longer for some block types than for others.
 _BUDGET_PROBE_STEPS = 200
 # Time kept for the final validation and checkpoint when fitting a run to its budget.
 _BUDGET_RESERVE_SECONDS = 30.0
 
 
-def _fit_to_budget(config, schedule, current, start_step, start_time, loop_start):
-    """Shortens the run (and its learning-rate decay) so that it ends within its time budget."""
+def _fit_to_budget(config, schedule, current, start_step, start_time, first_step_done):
+    """Shortens the run (and its learning-rate decay) so that it ends within its time budget.
+
+    The step rate is timed from the end of the run's first step (`first_step_done`) to now.
+    """
     now = time.time()
-    rate = (current - start_step) / max(now - loop_start, 1e-9)
+    rate = (current - start_step - 1) / max(now - first_step_done, 1e-9)
     remaining = 60.0 * config.time_budget_minutes - (now - start_time) - _BUDGET_RESERVE_SECONDS
     total = max(current + 1, min(config.steps, current + int(rate * remaining)))
     schedule.total_steps.assign(total)
     logging.info("Time budget %.1f min at %.2f steps/s: the run ends at step %d (config: %d).",
                  config.time_budget_minutes, rate, total, config.steps)
     return total
+
+
+class _Offset(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule `offset` steps further on: the learning rate of an optimizer made mid-run."""
+
+    def __init__(self, schedule, offset):
+        self.schedule, self.offset = schedule, int(offset)
+
+    def __call__(self, step):
+        return self.schedule(step + self.offset)
+
+    def get_config(self):
+        return {"schedule": self.schedule.get_config(), "offset": self.offset}
+
+
+class _TrainState:
+    """The optimizer, checkpoint and compiled train step of one model (`stages.Stage`).
+
+    Args:
+        strategy: the tf.distribute strategy (the optimizer is made in its scope).
+        stage: the `stages.Stage` to train.
+        schedule: the run's `WarmupCosine`.
+        step: the run's global step variable.
+        loss_fn: the `losses.CompositeLoss`.
+        config: the `TrainConfig`.
+        fuse_offset: the global step at which this model's optimizer was made: 0, or the fuse
+            step of a `fuse_at` run (its Adam starts afresh there, with the learning rate the
+            schedule has reached).
+    """
+
+    def __init__(self, strategy, stage, schedule, step, loss_fn, config, fuse_offset=0):
+        self.stage = stage
+        model = stage.model
+        with strategy.scope():
+            self.optimizer = keras.optimizers.Adam(
+                _Offset(schedule, fuse_offset) if fuse_offset else schedule)
+            # Adam's moments exist from the start (instead of in the first compiled step), so the
+            # strict restore of a resumed run checks them too.
+            self.optimizer.build(model.trainable_variables)
+        self.objects = dict(model=model, optimizer=self.optimizer, step=step,
+                            total_steps=schedule.total_steps)
+        self.checkpoint = tf.train.Checkpoint(**self.objects)
+        trainable = model.trainable_variables
+        replicas = strategy.num_replicas_in_sync
+
+        # XLA compiles the forward/backward pass; the update stays outside it because
+        # cross-replica gradient aggregation cannot run inside a compiled function.
+        @tf.function(jit_compile=config.jit_compile and stage.jit_ok)
+        def forward_backward(batch):
+            with tf.GradientTape() as tape:
+                output = model(batch["lr"], training=True)
+                total, terms = loss_fn(output, batch)
+                # Each replica's loss is a mean over its own part of the global batch; the
+                # gradients of all replicas are summed, so each contributes 1/replicas.
+                replica_loss = total / replicas
+            grads = tape.gradient(replica_loss, trainable)
+            return grads, dict(terms, loss=total)
+
+        def replica_step(batch):
+            grads, terms = forward_backward(batch)
+            self.optimizer.apply_gradients(zip(grads, trainable))
+            stage.post_update()
+            return terms
+
+        @tf.function
+        def train_step(iterator):
+            terms = strategy.run(replica_step, args=(next(iterator),))
+            step.assign_add(1)
+            return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
+                    for k, v in terms.items()}
+
+        self.train_step = train_step
+
+
+def _fused_stage(stage, input_pipeline, config):
+    """The `fuse_at` switch: the deploy form of a training-form stage, BN recalibrated first."""
+    _, fused = stages.fuse(stage.model, input_pipeline(), config.bn_recalibration_batches)
+    return stages.Stage(fused)
 
 
 def train(config, workdir, train_records, val_data=None, init_from=None, teacher_records=None,
@@ -120,15 +202,16 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     if config.stage >= 2 and not teacher_records:
         logging.warning("No --teacher_records: Stage %d trains without the distillation term.",
                         config.stage)
+
+    # Every iterator of a tf.data pipeline draws a new shuffle order, so the training stream gets
+    # a pipeline of its own: it is then the same whether or not Stage 3 calibrated first, and a
+    # resumed run can skip to where it stopped.
     def input_pipeline():
         return pipeline.make_train_dataset(
             train_records, lr_patch=config.lr_patch, batch_size=config.batch_size,
             scale=config.model.scale, teacher_records=teacher_records,
             shuffle_buffer=config.shuffle_buffer, seed=config.seed)
 
-    # Every iterator of a tf.data pipeline draws a new shuffle order, so the training stream gets
-    # a pipeline of its own: it is then the same whether or not Stage 3 calibrated first, and a
-    # resumed run can skip to where it stopped.
     dataset = input_pipeline()
     loss_fn = losses.make_loss(config.loss, with_teacher=bool(teacher_records))
 
@@ -137,64 +220,34 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     if not chief:  # other workers save to a private folder, as tf.distribute requires
         checkpoint_dir = os.path.join(workdir, "tmp", f"worker-{strategy.cluster_resolver.task_id}")
     latest = tf.train.latest_checkpoint(os.path.join(workdir, wd.CHECKPOINTS))
+    fused = bool(latest) and wd.holds_fused_student(config, latest)
     with strategy.scope():
         stage = stages.build(config, source, calibration_data=input_pipeline,
-                             resume=latest is not None)
-        model = stage.model
+                             resume=latest is not None, fused=fused)
         schedule = WarmupCosine(config.learning_rate, config.steps, config.warmup_steps,
                                 config.final_learning_rate)
-        optimizer = keras.optimizers.Adam(schedule)
-        # Adam's moments would otherwise be created inside the first compiled step, too late for
-        # the strict restore below to check (or, traced, to receive) their checkpointed values.
-        optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        state = dict(model=model, optimizer=optimizer, step=step, total_steps=schedule.total_steps)
-        checkpoint = tf.train.Checkpoint(**state)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, config.max_checkpoints)
+    # A run past its fuse step trains with the optimizer made at that step (see `_fused_stage`).
+    fuse_offset = config.fuse_step(wd.checkpoint_value(latest, "total_steps")) if fused else 0
+    state = _TrainState(strategy, stage, schedule, step, loss_fn, config, fuse_offset)
+    manager = tf.train.CheckpointManager(state.checkpoint, checkpoint_dir, config.max_checkpoints)
     start_step = 0
     if latest:
         wd.restore(latest, f"the training state that {os.path.join(workdir, wd.CONFIG)} describes",
-                   **state)
+                   **state.objects)
         start_step = int(step.numpy())
         logging.info("Resumed from %s at step %d.", latest, start_step)
     # The input stream is a fixed function of the seed: a resumed run skips the batches it
     # already trained on, so it sees what an uninterrupted run would have seen.
     iterator = iter(strategy.experimental_distribute_dataset(dataset.skip(start_step)))
-    trainable = model.trainable_variables
-    predictor = evaluate.keras_model_predictor(model) if val_data else None
+    predictor = evaluate.keras_model_predictor(state.stage.model) if val_data else None
     replicas = strategy.num_replicas_in_sync
-
-    # --- Train step. XLA compiles the forward/backward pass; the update stays outside it because
-    # cross-replica gradient aggregation cannot run inside a compiled function. ---
-    @tf.function(jit_compile=config.jit_compile and stage.jit_ok)
-    def forward_backward(batch):
-        with tf.GradientTape() as tape:
-            output = model(batch["lr"], training=True)
-            total, terms = loss_fn(output, batch)
-            # Each replica's loss is a mean over its own part of the global batch; the gradients
-            # of all replicas are summed, so each contributes 1/replicas.
-            replica_loss = total / replicas
-        grads = tape.gradient(replica_loss, trainable)
-        return grads, dict(terms, loss=total)
-
-    def replica_step(batch):
-        grads, terms = forward_backward(batch)
-        optimizer.apply_gradients(zip(grads, trainable))
-        stage.post_update()
-        return terms
-
-    @tf.function
-    def train_step(iterator):
-        terms = strategy.run(replica_step, args=(next(iterator),))
-        step.assign_add(1)
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None)
-                for k, v in terms.items()}
 
     # --- Loop. ---
     writer = tf.summary.create_file_writer(os.path.join(workdir, wd.TENSORBOARD)) if chief else \
         tf.summary.create_noop_writer()
     pending, last_log_step, last_log_time = [], start_step, time.time()
-    loop_start = time.time()
+    first_step_done = None
     if config.time_budget_minutes <= 0:
         schedule.total_steps.assign(config.steps)  # a rerun may extend a finished run
     total = int(schedule.total_steps.numpy())
@@ -204,11 +257,23 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                  config.stage, start_step, total, config.batch_size, replicas, config.lr_patch)
     while int(step.numpy()) < total:
         current = int(step.numpy()) + 1
-        stage.on_step(current, total)
-        pending.append(train_step(iterator))
+        state.stage.on_step(current, total)
+        pending.append(state.train_step(iterator))
+        if current == start_step + 1:
+            first_step_done = time.time()
         if fit_to_budget and current - start_step == _BUDGET_PROBE_STEPS:
-            total = _fit_to_budget(config, schedule, current, start_step, start_time, loop_start)
+            total = _fit_to_budget(config, schedule, current, start_step, start_time,
+                                   first_step_done)
             fit_to_budget = False
+        if current == config.fuse_step(total) and not fused:
+            with strategy.scope():
+                state = _TrainState(strategy, _fused_stage(state.stage, input_pipeline, config),
+                                    schedule, step, loss_fn, config, fuse_offset=current)
+            manager = tf.train.CheckpointManager(state.checkpoint, checkpoint_dir,
+                                                 config.max_checkpoints)
+            predictor = evaluate.keras_model_predictor(state.stage.model) if val_data else None
+            fused = True
+            logging.info("step %d: fused; the rest of the run trains the deploy form.", current)
         last = current == total
         if current % config.log_every == 0 or last:
             means = {k: float(np.mean([p[k].numpy() for p in pending])) for k in pending[0]}
@@ -243,7 +308,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
             manager.save(checkpoint_number=current)
     writer.flush()
     metrics.update(step=int(step.numpy()), wall_seconds=time.time() - start_time,
-                   parameters=int(model.count_params()))
+                   parameters=int(state.stage.model.count_params()), fused=fused)
     if chief:
         fileio.write_json(os.path.join(workdir, wd.METRICS), metrics)
     return metrics

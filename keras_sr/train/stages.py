@@ -47,12 +47,13 @@ def starting_point(config, init_from):
     source = WorkDir.open(init_from)
     if source.stage == 3:
         raise ValueError(f"--init_from={init_from} is a Stage-3 (QAT) run; start from Stage 1 or 2")
-    if source.config.model != config.model:
-        logging.info("Model shape taken from %s: %s", init_from, source.config.model)
-    return config.replace(model=source.config.model), source
+    if source.model_config != config.model:
+        logging.info("Model shape taken from %s: %s", init_from, source.model_config)
+    return config.replace(model=source.model_config), source
 
 
-def build(config, source: Optional[WorkDir] = None, calibration_data=None, resume=False):
+def build(config, source: Optional[WorkDir] = None, calibration_data=None, resume=False,
+          fused=False):
     """Builds the `Stage` for `config.stage`.
 
     Args:
@@ -62,9 +63,10 @@ def build(config, source: Optional[WorkDir] = None, calibration_data=None, resum
             Stage 3 uses for BN recalibration and for the observers' calibration.
         resume: True when a checkpoint of this run will be restored next, so initialisation that the
             checkpoint overwrites is skipped.
+        fused: Stages 1-2: that checkpoint holds the fused student (`TrainConfig.fuse_at`).
     """
     if config.stage == 1 or (config.stage == 2 and resume):
-        return Stage(models.build_student(config.model))
+        return Stage(models.build_student(config.model, reparameterized=fused))
     if config.stage == 2:
         logging.info("Stage 2 starts from %s.", source.checkpoint)
         return Stage(source.load("training"))
@@ -77,15 +79,29 @@ def build(config, source: Optional[WorkDir] = None, calibration_data=None, resum
                  jit_ok=False)
 
 
-def _qat_model_from(source, config, dataset):
-    """Deploy-before-QAT: recalibrate BN, fold, check the fold, wrap in fake-quant, calibrate."""
+def fuse(model, dataset, bn_batches):
+    """Recalibrates BN, folds every block and checks the fold (Stage 3 and `fuse_at`).
+
+    Args:
+        model: a training-form student; not modified.
+        dataset: a training `tf.data.Dataset` of the `make_train_dataset` format.
+        bn_batches: forward-only batches for the BN statistics.
+
+    Returns:
+        (recalibrated training-form copy, its fused deploy form).
+    """
     lr_batches = dataset.map(lambda batch: batch["lr"])
-    model = quant.recalibrate_bn(source.load("training"), lr_batches,
-                                 config.bn_recalibration_batches)
+    model = quant.recalibrate_bn(model, lr_batches, bn_batches)
     fused = models.reparameterize(model)
     models.check_fused(model, fused, next(iter(lr_batches)))
+    return model, fused
+
+
+def _qat_model_from(source, config, dataset):
+    """Deploy-before-QAT: recalibrate BN, fold, check the fold, wrap in fake-quant, calibrate."""
+    model, fused = fuse(source.load("training"), dataset, config.bn_recalibration_batches)
     # The "multibranch" ablation trains the training form (fused after QAT, `quant.fuse_after_qat`).
     q_model = quant.build_qat_model(model if config.qat.graph == "multibranch" else fused,
                                     config.qat)
-    quant.calibrate(q_model, lr_batches, config.qat)
+    quant.calibrate(q_model, dataset.map(lambda batch: batch["lr"]), config.qat)
     return q_model
