@@ -47,6 +47,20 @@ def _kernel(conv):
     return conv.depthwise_kernel if isinstance(conv, keras.layers.DepthwiseConv2D) else conv.kernel
 
 
+def block_geometry(filters, kernel_size, num_branches):
+    """Validates a re-parameterizable block's (filters, kernel_size, num_branches) as ints.
+
+    Raises:
+        ValueError: a size that is not a positive int, or an even kernel size.
+    """
+    filters = positive_int(filters, "filters")
+    kernel_size = positive_int(kernel_size, "kernel_size")
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd (the 1x1 and identity branches sit on the "
+                         f"centre tap), got {kernel_size}")
+    return filters, kernel_size, positive_int(num_branches, "num_branches")
+
+
 @keras.utils.register_keras_serializable(package="keras_sr")
 class MobileOneConv2D(keras.layers.Layer):
     """Training form of a re-parameterizable convolution (MobileOne, arXiv 2206.04040).
@@ -97,12 +111,8 @@ class MobileOneConv2D(keras.layers.Layer):
     def __init__(self, filters, kernel_size=3, num_branches=4, depthwise=False, activation="relu",
                  **kwargs):
         super().__init__(**kwargs)
-        self.filters = positive_int(filters, "filters")
-        self.kernel_size = positive_int(kernel_size, "kernel_size")
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (the 1x1 and identity branches sit on the "
-                             f"centre tap), got {kernel_size}")
-        self.num_branches = positive_int(num_branches, "num_branches")
+        self.filters, self.kernel_size, self.num_branches = block_geometry(
+            filters, kernel_size, num_branches)
         self.depthwise = bool(depthwise)
         self.activation = keras.activations.get(activation)
 

@@ -23,8 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from keras_sr.configs.base import positive_int
-from keras_sr.models.blocks import bn_affine, fused_conv
+from keras_sr.models.blocks import block_geometry, bn_affine, fused_conv
 
 
 def _float64(variable):
@@ -82,12 +81,8 @@ class OnlineMobileOneConv2D(keras.layers.Layer):
     def __init__(self, filters, kernel_size=3, num_branches=4, activation="relu", normalize=True,
                  **kwargs):
         super().__init__(**kwargs)
-        self.filters = positive_int(filters, "filters")
-        self.kernel_size = positive_int(kernel_size, "kernel_size")
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd (the 1x1 and identity branches sit on the "
-                             f"centre tap), got {kernel_size}")
-        self.num_branches = positive_int(num_branches, "num_branches")
+        self.filters, self.kernel_size, self.num_branches = block_geometry(
+            filters, kernel_size, num_branches)
         self.activation = keras.activations.get(activation)
         self.normalize = bool(normalize)
         self.bn = keras.layers.BatchNormalization(name="bn") if self.normalize else None
