@@ -3,10 +3,10 @@
 Variants:
     default: the CPU recipe: the plain student (the deploy graph trained as it is), T91 + BSD200,
         LR patch 48, batch 16, Adam with a peak learning rate of 4e-3 and cosine decay, fitted into
-        20 minutes of wall time. On a 2-core CPU, at equal wall time, it beat every
-        re-parameterized form (README, "Re-parameterization on a CPU budget"): in 15 minutes plain
-        reached Set5 / Set14 Y 33.19 / 29.45 dB, mobileone_linear 33.07 / 29.41, the BN-free
-        online form, and mobileone_online 32.39 / 28.94.
+        20 minutes of wall time. On a 2-core CPU it beat every re-parameterized form (README,
+        "Re-parameterization on a CPU budget"): in 15 minutes plain reached Set5 / Set14 Y
+        33.19 / 29.45 dB, mobileone_linear 33.07 / 29.41 and mobileone_online 32.39 / 28.94; at
+        2,000 steps plain 32.44 / 29.01 and mobileone_linear 32.37 / 28.95.
     div2k: a longer recipe for DIV2K on a GPU (LR patch 64 as in the paper), with the paper's BN
         MobileOne blocks.
     smoke: a few steps on tiny patches, for tests and installation checks.
