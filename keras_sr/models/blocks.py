@@ -61,6 +61,22 @@ def block_geometry(filters, kernel_size, num_branches):
     return filters, kernel_size, positive_int(num_branches, "num_branches")
 
 
+def input_channels(layer, input_shape):
+    """The (known) channel count of a block layer's input shape; raises ValueError naming it."""
+    channels = input_shape[-1]
+    if channels is None:
+        raise ValueError(f"{layer.name}: the input channel count must be known, got shape "
+                         f"{input_shape}")
+    return channels
+
+
+def block_config(layer):
+    """The `get_config` entries every re-parameterizable block layer has."""
+    return {"filters": layer.filters, "kernel_size": layer.kernel_size,
+            "num_branches": layer.num_branches,
+            "activation": keras.activations.serialize(layer.activation)}
+
+
 @keras.utils.register_keras_serializable(package="keras_sr")
 class MobileOneConv2D(keras.layers.Layer):
     """Training form of a re-parameterizable convolution (MobileOne, arXiv 2206.04040).
@@ -136,10 +152,7 @@ class MobileOneConv2D(keras.layers.Layer):
         self.bn_identity = None
 
     def build(self, input_shape):
-        in_channels = input_shape[-1]
-        if in_channels is None:
-            raise ValueError(f"{self.name}: the input channel count must be known, got shape "
-                             f"{input_shape}")
+        in_channels = input_channels(self, input_shape)
         if self.depthwise and in_channels != self.filters:
             raise ValueError(f"{self.name}: a depthwise MobileOneConv2D needs filters == input "
                              f"channels, got filters={self.filters} and {in_channels} input "
@@ -207,11 +220,4 @@ class MobileOneConv2D(keras.layers.Layer):
                           activation=self.activation, name=self.name)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "num_branches": self.num_branches,
-            "depthwise": self.depthwise,
-            "activation": keras.activations.serialize(self.activation),
-        }
+        return {**super().get_config(), **block_config(self), "depthwise": self.depthwise}

@@ -23,7 +23,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from keras_sr.models.blocks import block_geometry, bn_affine, fused_conv
+from keras_sr.models.blocks import (block_config, block_geometry, bn_affine, fused_conv,
+                                    input_channels)
 
 
 def _float64(variable):
@@ -89,10 +90,7 @@ class OnlineMobileOneConv2D(keras.layers.Layer):
         self.kernel_1x1 = self.scale_1x1 = self.scale_identity = self.bias = None
 
     def build(self, input_shape):
-        in_channels = input_shape[-1]
-        if in_channels is None:
-            raise ValueError(f"{self.name}: the input channel count must be known, got shape "
-                             f"{input_shape}")
+        in_channels = input_channels(self, input_shape)
         k, c, size = self.num_branches, self.filters, self.kernel_size
         ones = keras.initializers.Constant(1.0 if self.normalize else (k + 2) ** -0.5)
         self.kernel_kxk = self.add_weight("kernel_kxk", (k, size, size, in_channels, c),
@@ -154,16 +152,9 @@ class OnlineMobileOneConv2D(keras.layers.Layer):
         return kernel * scale, shift
 
     def fused_layer(self):
-        """Returns an unbuilt `fused_conv` layer with this layer's name, geometry and activation."""
+        """The unbuilt dense `fused_conv` this block folds into (same name and activation)."""
         return fused_conv(self.filters, self.kernel_size, activation=self.activation,
                           name=self.name)
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "filters": self.filters,
-            "kernel_size": self.kernel_size,
-            "num_branches": self.num_branches,
-            "activation": keras.activations.serialize(self.activation),
-            "normalize": self.normalize,
-        }
+        return {**super().get_config(), **block_config(self), "normalize": self.normalize}
