@@ -20,6 +20,11 @@ from absl import flags
 from keras_sr import configs, data, models, quant
 from keras_sr.common import image_io
 
+# Runs that are compared with each other (a killed-and-resumed training run against an
+# uninterrupted one) must not differ by thread scheduling: with several threads some CPU kernels
+# reduce in varying order, and fake-quant rounding turns 1e-7 differences into whole grid steps.
+tf.config.experimental.enable_op_determinism()
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DIR = pathlib.Path(os.environ.get("KERAS_SR_SHARED", REPO_ROOT.parent / "shared"))
 
