@@ -194,3 +194,23 @@ def qat_run():
     return types.SimpleNamespace(q_model=q_model, fused=fused, optimizer=optimizer,
                                  train_step=train_step, pairs=pairs, snapshots=snapshots,
                                  traces_after_first=traces_after_first)
+
+
+@pytest.fixture(scope="session")
+def anchored_qat_run():
+    """The QAT model of a small anchored student (`ModelConfig.anchor`), trained through A, B, C."""
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    model_config = configs.ModelConfig(block_type="plain", channels=8, num_blocks=2, anchor=True)
+    fused = models.build_student(model_config, reparameterized=True)
+    q_model = quant.build_qat_model(fused, QAT_CONFIG)
+    pairs = [synthetic_pair(rng) for _ in range(4)]
+    quant.calibrate(q_model, (lr for lr, _ in pairs), QAT_CONFIG)
+    optimizer = keras.optimizers.Adam(2e-3)
+    train_step = make_train_step(q_model, optimizer)
+    steps = 10
+    for step in range(1, steps + 1):
+        quant.set_phase(q_model, quant.phase_for_step(QAT_CONFIG, step, steps))
+        train_step(*pairs[step % len(pairs)])
+    return types.SimpleNamespace(q_model=q_model, fused=fused, model_config=model_config,
+                                 optimizer=optimizer, pairs=pairs)

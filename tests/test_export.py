@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert import interpreter as litert
-from conftest import fused_student, synthetic_pair
+from conftest import QAT_CONFIG, fused_student, synthetic_pair
 
 from keras_sr import configs, quant, workdir
 from keras_sr.common import fileio, metrics
 from keras_sr.export import files, parity, tflite_lib, tflite_runner
+from keras_sr.quant.integer_add import RuntimeAdd
 
 SHAPE = (1, 48, 64, 3)
 PARAMETERS = 82_683  # 3x3 convs 3->32, 8 x 32->32, 32->27, with biases
@@ -143,7 +144,8 @@ def test_ptq_export_is_fully_integer_and_close_to_float(qat_run, float_export):
     twin, _ = float_export
     samples = [lr[None].astype(np.float32) / 255 for lr in _lr_images(30, 4, *SHAPE[1:3])]
     blob = tflite_lib.convert_ptq(twin, samples, SHAPE)
-    assert set(tflite_lib.describe(blob)["ops"]) == tflite_lib.INT8_OPS
+    # The same ops as the QAT export (no CONCATENATION: the default student has no anchor).
+    assert set(tflite_lib.describe(blob)["ops"]) == tflite_lib.INT8_OPS - {"CONCATENATION"}
     (lr,) = _lr_images(40, 1, *SHAPE[1:3])
     reference = parity.keras_uint8(twin, lr)
     stats = parity.parity_stats(reference, tflite_runner.TFLitePredictor(blob)(lr))
@@ -205,3 +207,96 @@ def test_load_qat_model_and_export_workdir(qat_run, int8_blob, tmp_path):
     np.testing.assert_array_equal(tflite_runner.TFLitePredictor(str(output))(lr),
                                   tflite_runner.TFLitePredictor(int8_blob)(lr))
     assert summary["stage"] == 3 and summary["kind"] == "int8"
+
+
+def _copy_qat_model(q_model, fused):
+    copy = quant.build_qat_model(fused, QAT_CONFIG)
+    copy(np.zeros((1, 8, 8, 3), np.float32), training=False)  # tfmot builds the weights lazily
+    copy.set_weights(q_model.get_weights())
+    return copy
+
+
+def test_anchored_int8_tflite_is_fully_integer_and_matches_keras_qat(anchored_qat_run):
+    q_model = anchored_qat_run.q_model
+    blob = tflite_lib.convert_qat(q_model, SHAPE)
+    info = tflite_lib.describe(blob)
+    assert info["ops"] == (["QUANTIZE", "CONCATENATION", "CONCATENATION"] + ["CONV_2D"] * 3
+                           + ["ADD", "CONV_2D", "ADD", "DEPTH_TO_SPACE", "QUANTIZE"]), info["ops"]
+    assert info["parameters"] == anchored_qat_run.fused.count_params()
+    (output,) = info["outputs"]
+    assert output["scale"] == pytest.approx(1 / 255, rel=1e-6) and output["zero_point"] == 0
+    images = [(f"synthetic{i}", lr) for i, lr in enumerate(_lr_images(20, 3, *SHAPE[1:3]))]
+    overall = parity.parity_report(q_model, tflite_runner.TFLitePredictor(blob), images)["overall"]
+    assert overall["identical"] == 100.0, overall
+
+    # A residual grid of 1.5 output steps puts every odd residual level on a half-way point of
+    # the output grid, where XNNPACK's fixed-point ADD and a float sum round apart: the Keras
+    # model still matches because its anchor Add computes the runtime's integers.
+    tricky = _copy_qat_model(q_model, anchored_qat_run.fused)
+    tail = tricky.get_layer("quant_tail").quantize_config.output_vars()
+    tail["min_var"].assign(-128 * 1.5 / 255)
+    tail["max_var"].assign(127 * 1.5 / 255)
+    predictor = tflite_runner.TFLitePredictor(tflite_lib.convert_qat(tricky, SHAPE))
+    overall = parity.parity_report(tricky, predictor, images)["overall"]
+    assert overall["identical"] == 100.0, overall
+    tricky.get_layer("quant_anchor_add").layer.runtime_rounding = False
+    overall = parity.parity_report(tricky, predictor, images)["overall"]
+    assert overall["identical"] < 99.0 and overall["max_diff"] == 1, overall
+
+
+def _int8_add_model(ranges, output_range):
+    """A TFLite model of one int8 ADD of two uint8 inputs "a" and "b" with the given ranges."""
+    @tf.function
+    def add(a, b):
+        quantized = [tf.quantization.fake_quant_with_min_max_vars(x, *r)
+                     for x, r in zip((a, b), ranges)]
+        return tf.quantization.fake_quant_with_min_max_vars(sum(quantized), *output_range)
+
+    spec = [tf.TensorSpec([1, 256, 256, 1], tf.float32, name=n) for n in ("a", "b")]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([add.get_concrete_function(*spec)])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+@pytest.mark.parametrize("ranges, output_range, halfway", [
+    # The anchor Add: anchor on the output grid, residual steps of 1.5 or 1.25 output steps (many
+    # sums on half-way points), or of a learned-looking width.
+    (((0.0, 1.0), (-128 * 1.5 / 255, 127 * 1.5 / 255)), (0.0, 1.0), True),
+    (((0.0, 1.0), (-60 * 1.25 / 255, 195 * 1.25 / 255)), (0.0, 1.0), True),
+    (((0.0, 1.0), (-0.813, 0.644)), (0.0, 1.0), False),
+    (((0.0, 1.7), (-0.4, 1.1)), (-0.3, 2.2), False),  # any three grids
+])
+def test_runtime_add_equals_xnnpacks_int8_add(ranges, output_range, halfway):
+    """RuntimeAdd's sum equals LiteRT's XNNPACK ADD on every pair of uint8 input levels."""
+    interpreter = litert.Interpreter(model_content=_int8_add_model(ranges, output_range))
+    interpreter.allocate_tensors()
+    levels = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"))
+    for detail in interpreter.get_input_details():
+        i = "ab".index(detail["name"].rsplit("_", 1)[-1].split(":")[0])
+        interpreter.set_tensor(detail["index"], levels[i].astype(np.uint8)[None, ..., None])
+    interpreter.invoke()
+    (output,) = interpreter.get_output_details()
+    expected = interpreter.get_tensor(output["index"])[0, ..., 0]
+
+    def range_vars(low, high):
+        return {"min_var": tf.Variable(low, dtype=tf.float32),
+                "max_var": tf.Variable(high, dtype=tf.float32)}
+
+    values, variables = [], []  # each input's levels on its grid, as the QAT model holds them
+    for level, r in zip(levels, ranges):
+        scale = (r[1] - r[0]) / 255
+        values.append(tf.quantization.fake_quant_with_min_max_vars(
+            tf.constant(level * scale + r[0], tf.float32), *r))
+        variables.append(range_vars(*r))
+    layer = RuntimeAdd()
+    layer.link(variables, range_vars(*output_range))
+    s_out = (output_range[1] - output_range[0]) / 255
+    got = np.round(layer(values).numpy() / s_out - output_range[0] / s_out).astype(np.int64)
+    np.testing.assert_array_equal(got, expected)
+    # Fake-quant of the float sum (what a plain Add would train with) misses the half-way cases:
+    # measured 2,513 of the 65,536 level pairs for the 1.25 grid, 7.8 % for the 1.5 grid.
+    layer.runtime_rounding = False
+    plain = tf.quantization.fake_quant_with_min_max_vars(layer(values), *output_range).numpy()
+    plain = np.round(plain / s_out - output_range[0] / s_out).astype(np.int64)
+    assert np.any(plain != expected) == halfway

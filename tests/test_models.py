@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
+from keras_sr import configs
 from keras_sr.models import (
     BLOCK_TYPES,
     MobileOneConv2D,
@@ -166,6 +167,27 @@ def test_online_training_forward_is_the_sum_of_separate_branches():
     assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
 
 
+def test_fused_kernel_moment_recovers_the_merged_kernels_gradient():
+    """Branch gradients are s_j * g: the estimate returns g (power 1) and g^2 (power 2) exactly."""
+    layer = OnlineMobileOneConv2D(8, 3, num_branches=3, activation=None, normalize=False)
+    x = np.random.default_rng(4).normal(0.0, 1.0, (2, 6, 7, 8)).astype(np.float32)
+    layer(x)
+    randomize_online_scales(layer)
+    with tf.GradientTape(persistent=True) as tape:
+        merged = layer.merged_kernel()
+        tape.watch(merged)
+        out = tf.nn.conv2d(x, merged, 1, "SAME") + layer.bias
+        loss = tf.reduce_sum(tf.sin(3.0 * out))
+    g_merged = tape.gradient(loss, merged).numpy()
+    g_kxk, g_1x1 = (tape.gradient(loss, v).numpy() for v in (layer.kernel_kxk, layer.kernel_1x1))
+    for power in (1, 2):
+        estimate = layer.fused_kernel_moment(g_kxk ** power, g_1x1 ** power, power)
+        np.testing.assert_allclose(estimate, g_merged ** power, rtol=1e-4,
+                                   atol=1e-6 * np.abs(g_merged ** power).max())
+    with pytest.raises(ValueError, match="only for the linear form"):
+        OnlineMobileOneConv2D(8, 3, normalize=True).fused_kernel_moment(g_kxk, g_1x1, 1)
+
+
 @pytest.mark.parametrize("block_type, channels, num_blocks, num_branches", [
     ("mobileone", 32, 8, 4),
     ("mobileone", 8, 2, 1),
@@ -181,12 +203,25 @@ def test_online_training_forward_is_the_sum_of_separate_branches():
     ("mobileone_linear", 8, 2, 2),
 ])
 def test_student_fuses_exactly(block_type, channels, num_blocks, num_branches):
-    kwargs = dict(block_type=block_type, channels=channels, num_blocks=num_blocks,
-                  num_branches=num_branches)
+    _assert_student_fuses(block_type=block_type, channels=channels, num_blocks=num_blocks,
+                          num_branches=num_branches)
+
+
+@pytest.mark.parametrize("block_type", ["mobileone", "mobileone_linear", "plain"])
+def test_anchored_student_fuses_exactly(block_type):
+    _assert_student_fuses(block_type=block_type, channels=8, num_blocks=2, num_branches=2,
+                          anchor=True)
+
+
+def nearest_upsampling(x, scale=3):
+    return np.repeat(np.repeat(x, scale, axis=1), scale, axis=2)
+
+
+def _assert_student_fuses(**kwargs):
     model = build_student(**kwargs)
     randomize_batch_norms(model)
-    online = block_type in ("mobileone_online", "mobileone_linear")
-    assert randomize_online_scales(model) == (3 * num_blocks if online else 0)
+    online = kwargs["block_type"] in ("mobileone_online", "mobileone_linear")
+    assert randomize_online_scales(model) == (3 * kwargs["num_blocks"] if online else 0)
     fused = reparameterize(model)
     assert fused.get_config() == build_student(reparameterized=True, **kwargs).get_config()
     assert not any(isinstance(m, keras.layers.BatchNormalization) for m in fused.submodules)
@@ -194,9 +229,50 @@ def test_student_fuses_exactly(block_type, channels, num_blocks, num_branches):
     x = random_images()
     expected = model(x, training=False).numpy()
     assert expected.shape == (1, 36, 36, 3)
-    assert np.abs(expected).max() > 0.05
+    # What the blocks compute must be visible, not only the anchor (nearest-neighbour upsampling).
+    residual = expected - nearest_upsampling(x) if kwargs.get("anchor") else expected
+    assert np.abs(residual).max() > 0.05
     error = np.abs(fused(x).numpy() - expected).max()
     assert error < FUSED_ATOL, f"fused vs branchy max abs error {error:.3g} >= {FUSED_ATOL}"
+
+
+@pytest.mark.parametrize("block_type", sorted(BLOCK_TYPES))
+def test_anchor_is_nearest_neighbour_upsampling(block_type):
+    """With a zero tail the anchored student outputs exactly the input, upsampled by repetition."""
+    model = build_student(block_type=block_type, channels=8, num_blocks=2, num_branches=2,
+                          anchor=True)
+    randomize_batch_norms(model)
+    tail = model.get_layer("tail")
+    tail.set_weights([np.zeros_like(w) for w in tail.get_weights()])
+    x = random_images((2, 5, 7, 3))
+    expected = nearest_upsampling(x)
+    # HR pixel (3h + i, 3w + j) of every channel is LR pixel (h, w): depth-to-space's channel order.
+    assert expected[1, 3 * 4 + 2, 3 * 6 + 1, 2] == x[1, 4, 6, 2]
+    for form in (model, reparameterize(model)):
+        np.testing.assert_array_equal(form(x, training=False).numpy(), expected)
+    for w in model.weights:
+        w.assign(tf.zeros_like(w))
+    np.testing.assert_array_equal(model(x, training=False).numpy(), expected)
+
+
+def test_anchor_adds_no_parameter_and_round_trips():
+    plain = build_student(reparameterized=True)
+    anchored = build_student(reparameterized=True, anchor=True)
+    assert anchored.count_params() == plain.count_params() == 82_683
+    assert {type(layer).__name__ for layer in anchored.layers} == {
+        "InputLayer", "Conv2D", "Add", "Concatenate", "DepthToSpace"}
+    for block_type in ("mobileone", "plain"):
+        for anchor in (False, True):
+            model = build_student(block_type=block_type, channels=8, num_blocks=2, anchor=anchor)
+            for form in (model, reparameterize(model)):
+                kwargs = json.loads(json.dumps(student_config(form)))
+                assert kwargs["anchor"] is anchor
+                assert build_student(**kwargs).get_config() == form.get_config()
+    # A config.json written before the field existed loads without the anchor.
+    stored = configs.TrainConfig(model=configs.ModelConfig(block_type="plain")).to_dict()
+    del stored["model"]["anchor"]
+    assert configs.TrainConfig.from_dict(stored).model == configs.ModelConfig(block_type="plain")
+    assert not configs.TrainConfig.from_dict(stored).model.anchor
 
 
 def test_default_deploy_graph():
@@ -284,6 +360,7 @@ def test_layer_config_round_trip():
     (dict(num_blocks=2.0), "num_blocks must be a positive int"),
     (dict(num_branches=-1), "num_branches must be a positive int"),
     (dict(scale=True), "scale must be a positive int"),
+    (dict(anchor=1), "anchor must be a bool"),
     (dict(reparameterized="yes"), "reparameterized must be a bool"),
     (dict(name=""), "name must be a non-empty str"),
 ])

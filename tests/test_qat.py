@@ -2,7 +2,7 @@
 
 The session fixture `qat_run` (conftest.py, also used by test_export.py) builds the fused
 student's QAT model, calibrates it and trains it for a few steps of each phase on tiny synthetic
-images.
+images; `anchored_qat_run` does the same for a small student with the output anchor.
 """
 import os
 
@@ -17,6 +17,7 @@ from keras_sr import configs, models, quant, workdir
 from keras_sr.common import fileio
 from keras_sr.export import tflite_lib
 from keras_sr.models.depth_to_space import DepthToSpace
+from keras_sr.quant.integer_add import RuntimeAdd
 
 def _max_change(before, after):
     return max(float(np.max(np.abs(a - b))) for a, b in zip(before, after))
@@ -366,3 +367,70 @@ def test_multibranch_qat_fuses_after_training(tmp_path):
     np.testing.assert_array_equal(loaded(x, training=False).numpy(),
                                   fused(x, training=False).numpy())
     tflite_lib.check_int8(tflite_lib.convert_qat(loaded, (1, 16, 16, 3)))
+
+
+def test_anchored_qat_graph(anchored_qat_run):
+    """Anchor copies carry the input grid, the residual tail a learned range, the anchor Add [0, 1]."""
+    q_model = anchored_qat_run.q_model
+    by_name = {w.layer.name: w for w in quant.wrappers(q_model)}
+    for name in ("anchor_row", "anchor"):
+        assert type(by_name[name].quantize_config) is quant.quantize_configs.NoOpQuantizeConfig
+    add = by_name["anchor_add"]
+    assert isinstance(add.layer, RuntimeAdd)
+    (tail_vars, anchor_vars), add_vars = add.layer._ranges  # pylint: disable=protected-access
+    (input_layer,) = [layer for layer in q_model.layers if type(layer).__name__ == "QuantizeLayer"]
+    input_vars = input_layer.quantizer.built_vars[0]
+    assert anchor_vars is input_vars  # the anchor is the pinned input, copied
+    assert [float(add_vars[k]) for k in ("min_var", "max_var")] == [0.0, 1.0]
+    tail = by_name["tail"].quantize_config
+    assert tail_vars is tail.output_vars()
+    # A residual: a learned range on both sides of 0, frozen by the curriculum like an activation.
+    assert float(tail_vars["min_var"]) < -0.05 and float(tail_vars["max_var"]) > 0.05
+    assert any(v is tail_vars for v in quant.quantizer_variables(q_model, "activation"))
+    assert bool(tail_vars["frozen"])
+    # The Add output is what the model outputs: its [0, 1] grid, rearranged.
+    x = anchored_qat_run.pairs[0][0]
+    y = q_model(x, training=False).numpy()
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    np.testing.assert_allclose(y * 255.0, np.round(y * 255.0), atol=1e-4)
+
+
+def test_anchored_stage3_workdir_loads_every_form(anchored_qat_run, tmp_path):
+    """qat_checkpoint_model rebuilds the anchored QAT graph; the float twin keeps the anchor."""
+    run_config = configs.TrainConfig(stage=3, model=anchored_qat_run.model_config, qat=QAT_CONFIG)
+    fileio.write_json(os.fspath(tmp_path / workdir.CONFIG), run_config.to_dict())
+    tf.train.Checkpoint(model=anchored_qat_run.q_model).save(
+        os.fspath(tmp_path / workdir.CHECKPOINTS / "ckpt"))
+    x = anchored_qat_run.pairs[1][0]
+    loaded = workdir.load(os.fspath(tmp_path), "qat")
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(),
+                                  anchored_qat_run.q_model(x, training=False).numpy())
+    twin = workdir.load(os.fspath(tmp_path), "float_twin")
+    assert models.student_config(twin)["anchor"]
+    # The twin holds the latent weights: it follows the fake-quant model up to quantization noise.
+    diff = twin(x, training=False).numpy() - loaded(x, training=False).numpy()
+    assert np.abs(diff).mean() < 2 / 255, np.abs(diff).mean()
+
+
+def test_multibranch_qat_with_the_anchor():
+    """The multi-branch ablation quantizes an anchored student too and fuses it after QAT."""
+    keras.utils.set_random_seed(5)
+    rng = np.random.default_rng(5)
+    config = configs.QATConfig(calibration_batches=2, graph="multibranch")
+    student = models.build_student(channels=8, num_blocks=2, num_branches=2, anchor=True)
+    batches = [synthetic_pair(rng, batch=2) for _ in range(2)]
+    student = quant.recalibrate_bn(student, [lr for lr, _ in batches], num_batches=2)
+    q_model = quant.build_qat_model(student, config)
+    quant.calibrate(q_model, (lr for lr, _ in batches), config)
+    make_train_step(q_model, keras.optimizers.Adam(1e-3))(*batches[0])
+    fused = quant.fuse_after_qat(q_model, student, config)
+    learned = q_model.get_layer("quant_tail").quantize_config.output_vars()
+    copied = fused.get_layer("quant_tail").quantize_config.output_vars()
+    assert float(learned["min_var"]) < 0
+    for key in ("min_var", "max_var"):
+        assert float(copied[key]) == float(learned[key])
+    assert isinstance(fused.get_layer("quant_anchor_add").layer, RuntimeAdd)
+    x = batches[1][0]
+    diff = np.abs(fused(x, training=False).numpy() - q_model(x, training=False).numpy())
+    assert diff.mean() < 6 / 255, diff.mean()
+    tflite_lib.check_int8(tflite_lib.convert_qat(fused, (1, 16, 16, 3)))

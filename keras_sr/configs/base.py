@@ -92,12 +92,17 @@ class ModelConfig(DictMixin):
         num_blocks: number N of blocks.
         num_branches: parallel branches k of each "mobileone" / "repdw" re-parameterizable conv.
         scale: upscaling factor s; the tail outputs 3 * s * s channels.
+        anchor: ABPN's output anchor (Du et al., 2021): the input, repeated s * s times along
+            channels, is added to the tail output before depth-to-space, so the network predicts
+            a residual over nearest-neighbour upsampling and passes through colours it has not
+            seen in training. No weights; off in the paper's student.
     """
     block_type: str = "mobileone"
     channels: int = 32
     num_blocks: int = 8
     num_branches: int = 4
     scale: int = 3
+    anchor: bool = False
 
     def __post_init__(self):
         if self.block_type not in BLOCK_TYPES:
@@ -105,6 +110,8 @@ class ModelConfig(DictMixin):
                              f"{self.block_type!r}")
         for name in ("channels", "num_blocks", "num_branches", "scale"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
+        if not isinstance(self.anchor, bool):
+            raise ValueError(f"anchor must be a bool, got {self.anchor!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +191,9 @@ class QATConfig(DictMixin):
         per_channel: one weight scale per output channel (else one per tensor).
         bias_rounding: round biases to the converter's int32 grid in the fake-quant graph.
         exact_requantization: round every conv output like LiteRT's XNNPACK kernels (exact int32
-            accumulator, float32 requantization, round half to even), so the Keras QAT model and
-            the exported model agree bit for bit on the convs (needs bias_rounding).
+            accumulator, float32 requantization, round half to even), and an anchored student's
+            output Add like XNNPACK's fixed-point ADD, so the Keras QAT model and the exported
+            model agree bit for bit on them (needs bias_rounding).
         kernel_clip: outlier clipping of each fused kernel per output channel at QAT start:
             "none", "std" (to mean +- kernel_clip_value * std) or "percentile" (to the
             [100 - v, v] percentiles, v = kernel_clip_value).

@@ -5,7 +5,8 @@
     keras_sr.export.files.write_export(blob, "student.tflite", q)   # + .savedmodel/ + .json
 
 The INT8 graph is QUANTIZE(uint8->int8) -> 10 x CONV_2D (fused ReLU) -> ADD -> DEPTH_TO_SPACE ->
-QUANTIZE(int8->uint8). With uint8 IO the input and output tensors have scale 1/255 and zero point 0,
+QUANTIZE(int8->uint8); an anchored student adds two CONCATENATIONs of the input and an ADD before
+DEPTH_TO_SPACE. With uint8 IO the input and output tensors have scale 1/255 and zero point 0,
 so their bytes are pixel values; with int8 IO (no QUANTIZE ops) the zero point is -128. The shape is
 fixed (NHWC, batch 1; 1x360x640x3 and 1x720x1280x3 are the documented deploy shapes);
 `keras_sr.export.tflite_runner.TFLitePredictor` tiles a fixed-shape model over images of any size.
@@ -21,7 +22,7 @@ from keras_sr.export.tflite_runner import builtin_interpreter
 DEFAULT_INPUT_SHAPE = (1, 360, 640, 3)
 IO_TYPES = {"uint8": tf.uint8, "int8": tf.int8}
 # The only ops of a fully-integer student; anything else (DEQUANTIZE, a float op) is an export bug.
-INT8_OPS = frozenset({"QUANTIZE", "CONV_2D", "ADD", "DEPTH_TO_SPACE"})
+INT8_OPS = frozenset({"QUANTIZE", "CONV_2D", "ADD", "DEPTH_TO_SPACE", "CONCATENATION"})
 INTEGER_TYPES = frozenset({np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int32)})
 
 

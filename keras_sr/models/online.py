@@ -151,6 +151,38 @@ class OnlineMobileOneConv2D(keras.layers.Layer):
         scale, shift = bn_affine(self.bn)
         return kernel * scale, shift
 
+    def fused_kernel_moment(self, kernel_kxk_moment, kernel_1x1_moment, power):
+        """Estimates an Adam moment of the fused kernel from those of the branch kernels.
+
+        Only for the linear form (`normalize=False`), where the merged kernel K is the fused
+        kernel and the gradient of branch kernel j is `s_j * g` (g: the gradient of K, per output
+        channel). Least squares over the branches that see a tap then gives
+        g = sum_j s_j m_j / sum_j s_j^2 for the first moment (power 1) and
+        sum_j s_j^2 v_j / sum_j s_j^4 for the second (power 2). This lets the deploy form of a
+        `fuse_at` run continue with Adam's statistics instead of restarting them.
+
+        Args:
+            kernel_kxk_moment: the moment of `kernel_kxk`, (k, kh, kw, C_in, C).
+            kernel_1x1_moment: the moment of `kernel_1x1`, (C_in, C), or None when there is none.
+            power: 1 (first moment) or 2 (second moment).
+
+        Returns:
+            float32 NumPy array (kernel_size, kernel_size, C_in, filters).
+        """
+        if self.normalize or power not in (1, 2):
+            raise ValueError(f"{self.name}: moments carry over only for the linear form "
+                             f"(normalize=False) and power 1 or 2, got normalize={self.normalize}, "
+                             f"power={power}")
+        weights = _float64(self.scale_kxk) ** power  # (k, C)
+        numerator = np.einsum("jhwio,jo->hwio", np.asarray(kernel_kxk_moment, np.float64), weights)
+        denominator = np.broadcast_to(np.sum(weights ** 2, axis=0), numerator.shape).copy()
+        if self.kernel_1x1 is not None and kernel_1x1_moment is not None:
+            centre = self.kernel_size // 2
+            weight_1x1 = _float64(self.scale_1x1) ** power
+            numerator[centre, centre] += np.asarray(kernel_1x1_moment, np.float64) * weight_1x1
+            denominator[centre, centre] += weight_1x1 ** 2
+        return (numerator / np.maximum(denominator, 1e-30)).astype(np.float32)
+
     def fused_layer(self):
         """The unbuilt dense `fused_conv` this block folds into (same name and activation)."""
         return fused_conv(self.filters, self.kernel_size, activation=self.activation,

@@ -2,10 +2,14 @@
 
 Graph, with layer names: "lr" (input) -> "stem" Conv2D 3x3 3->C + ReLU -> N blocks ("block_{i}",
 or "block_{i}_dw" and "block_{i}_pw" for "repdw") -> "skip" Add(stem output, last block output)
--> "tail" Conv2D 3x3 C->3*s*s (linear) -> "depth_to_space" DepthToSpace(s).
+-> "tail" Conv2D 3x3 C->3*s*s (linear) -> "depth_to_space" DepthToSpace(s). With
+`ModelConfig.anchor` (ABPN's output anchor): "anchor_row" Concatenate of s copies of the input,
+"anchor" Concatenate of s copies of that, and "anchor_add" Add(tail output, anchor) before
+depth-to-space.
 
 The deploy form of the default ("mobileone") student holds only Conv2D (bias + fused ReLU), Add and
-DepthToSpace layers: 82,683 parameters for C=32, N=8, s=3.
+DepthToSpace layers: 82,683 parameters for C=32, N=8, s=3 (the anchor adds two Concatenates and no
+parameter).
 """
 import re
 
@@ -43,6 +47,8 @@ def build_student(config=None, *, reparameterized=False, name="student", **field
 
     Input: float32 (B, H, W, 3) RGB in [0, 1], any H and W. Output: float32
     (B, scale*H, scale*W, 3), RGB on the [0, 1] scale but not clipped (clip when making pixels).
+    With `config.anchor` the output is nearest-neighbour upsampling of the input plus the
+    depth-to-space of the tail output (a residual, roughly in [-1, 1]).
 
     `reparameterize(build_student(...))` and `build_student(..., reparameterized=True)` have the
     same config; training and deploy forms share the names of every layer.
@@ -52,8 +58,8 @@ def build_student(config=None, *, reparameterized=False, name="student", **field
         reparameterized: build the deploy form (every block fused into plain convolutions)
             instead of the training form.
         name: model name.
-        **fields: `ModelConfig` fields (block_type, channels, num_blocks, num_branches, scale)
-            that override `config`'s.
+        **fields: `ModelConfig` fields (block_type, channels, num_blocks, num_branches, scale,
+            anchor) that override `config`'s.
 
     Returns:
         An uncompiled `keras.Model`.
@@ -77,6 +83,15 @@ def build_student(config=None, *, reparameterized=False, name="student", **field
             x = layer(x)
     x = keras.layers.Add(name="skip")([stem, x])
     x = keras.layers.Conv2D(3 * scale * scale, 3, padding="same", name="tail")(x)
+    if config.anchor:
+        # depth_to_space (NHWC) puts channel (i * s + j) * 3 + c of an LR pixel at HR pixel (i, j)
+        # of its s x s block, channel c: with s * s copies of the input along channels, every HR
+        # pixel of the block gets its LR pixel (nearest-neighbour upsampling). Built as s rows of
+        # s copies because LiteRT's XNNPACK delegate runs an int8 CONCATENATION of 2-4 inputs but
+        # not of 9 (measured). The copies stay on the input's int8 grid.
+        row = keras.layers.Concatenate(name="anchor_row")([inputs] * scale)
+        anchor = keras.layers.Concatenate(name="anchor")([row] * scale)
+        x = keras.layers.Add(name="anchor_add")([x, anchor])
     outputs = DepthToSpace(scale, name="depth_to_space")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -94,8 +109,8 @@ def student_config(model):
         model: a model built by `build_student` or `reparameterize`.
 
     Returns:
-        dict with keys reparameterized, block_type, channels, num_blocks, scale, name and, for
-        branchy blocks, num_branches.
+        dict with keys reparameterized, block_type, channels, num_blocks, scale, anchor, name
+        and, for branchy blocks, num_branches.
 
     Raises:
         ValueError: if `model` lacks the student's named layers.
@@ -119,5 +134,6 @@ def student_config(model):
     if not config["reparameterized"] and config["block_type"] != "repconv":
         config["num_branches"] = first.num_branches
     config.update(channels=names["stem"].filters, num_blocks=len(indices),
-                  scale=names["depth_to_space"].block_size, name=model.name)
+                  scale=names["depth_to_space"].block_size, anchor="anchor_add" in names,
+                  name=model.name)
     return config

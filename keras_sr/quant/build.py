@@ -10,6 +10,11 @@ clip), biases rounded to the converter's int32 grid, and every conv output round
 int8 runtime requantizes it, so the Keras QAT model and the exported model under XNNPACK are
 bit-identical (`converter_graph` gives the converter the plain FakeQuant ops it folds).
 
+An anchored student (`ModelConfig.anchor`) ends in tail -> Add(tail, anchor) -> depth-to-space:
+the anchor's Concatenates copy the input's [0, 1] grid (no quantizer), the tail output is a
+residual with a learned range like a hidden activation, and the anchor Add's output is the one
+fixed to [0, 1]; that Add sums like the runtime's ADD (`keras_sr.quant.integer_add.RuntimeAdd`).
+
 With `QATConfig.graph == "multibranch"` (an ablation) it wraps the training form instead: branch
 kernels fake-quantized per channel, BN float, each block's ReLU output quantized; stem, Add, tail
 and depth-to-space as in the fused graph (`keras_sr.quant.fold.fuse_after_qat` folds it after QAT).
@@ -29,6 +34,7 @@ from keras_sr.models import MobileOneConv2D, build_student
 from keras_sr.models.depth_to_space import DepthToSpace
 from keras_sr.quant import quantize_configs as configs
 from keras_sr.quant import quantizers as qz
+from keras_sr.quant.integer_add import RuntimeAdd
 
 _tfq = tfmot.quantization.keras
 _transforms = _tfq.graph_transformations.transforms
@@ -59,8 +65,9 @@ class _PinnedInputQuantize(_transforms.Transform):
 
 
 class _LayoutTransform(_tfq.QuantizeLayoutTransform):
-    # The fused graph has no BN, concat or separate activation, so the pinned input is the only
-    # rewrite the default 8-bit transforms would have done.
+    # The fused graph has no BN or separate activation, and its only concats (the anchor's) copy
+    # one tensor, so the pinned input is the only rewrite the default 8-bit transforms would have
+    # done that the graph needs.
     def apply(self, model, layer_quantize_map):
         return _tfq.graph_transformations.model_transformer.ModelTransformer(
             model, [_PinnedInputQuantize()], set(layer_quantize_map),
@@ -75,30 +82,51 @@ class _Scheme(_tfq.QuantizeScheme):
         return _tfq.default_8bit.Default8BitQuantizeRegistry()
 
 
-def _quantize_config(layer, config):
+def _output_layer(model):
+    """The layer whose output is the model's, moved by depth-to-space only: the tail conv, or the
+    anchor Add of an anchored student."""
+    (name,) = model.output_names
+    layer = model.get_layer(name)
+    while isinstance(layer, DepthToSpace):
+        layer = layer.inbound_nodes[0].inbound_layers
+    return layer
+
+
+def _quantize_config(layer, config, output_layer):
+    # The model output's range is pinned to [0, 1] (the clip); every other range is learned.
+    output_range = IO_RANGE if layer is output_layer else None
     if isinstance(layer, keras.layers.Conv2D):
-        linear = keras.activations.serialize(layer.activation) == "linear"
         return configs.ConvQuantizeConfig(
             per_axis=config.per_channel, ema_decay=config.ema_decay,
-            percentile=config.range_percentile, output_range=IO_RANGE if linear else None,
+            percentile=config.range_percentile, output_range=output_range,
             bias_rounding=config.bias_rounding, exact_requantization=config.exact_requantization)
     if isinstance(layer, keras.layers.Add):
-        return configs.AddQuantizeConfig(config.ema_decay, config.range_percentile)
+        return configs.AddQuantizeConfig(config.ema_decay, config.range_percentile, output_range)
     if isinstance(layer, DepthToSpace):
+        return configs.NoOpQuantizeConfig()
+    if isinstance(layer, keras.layers.Concatenate) and len(
+            {id(p) for p in tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)}) == 1:
+        # The anchor: copies of one quantized tensor need no grid of their own.
         return configs.NoOpQuantizeConfig()
     if isinstance(layer, MobileOneConv2D) and config.graph == "multibranch":
         return configs.MobileOneQuantizeConfig(config.per_channel, config.ema_decay,
                                                config.range_percentile)
     raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is not part of the fused "
-                     "deploy graph (Conv2D with fused ReLU or linear output, Add, DepthToSpace); "
+                     "deploy graph (Conv2D with fused ReLU or linear output, Add, DepthToSpace, "
+                     "Concatenate of copies of one tensor); "
                      "fuse the model with keras_sr.models.reparameterize first (or set "
                      "QATConfig.graph='multibranch' for QAT on the training form)")
 
 
 def _annotate(fused_model, config):
+    output_layer = _output_layer(fused_model)
+
     def clone(layer):
-        copy = layer.__class__.from_config(layer.get_config())
-        return _tfq.quantize_annotate_layer(copy, _quantize_config(layer, config))
+        kind = layer.__class__
+        if layer is output_layer and kind is keras.layers.Add and config.exact_requantization:
+            kind = RuntimeAdd  # an output Add: its rounding is what the uint8 output holds
+        copy = kind.from_config(layer.get_config())
+        return _tfq.quantize_annotate_layer(copy, _quantize_config(layer, config, output_layer))
 
     annotated = keras.models.clone_model(fused_model, clone_function=clone)
     annotated.set_weights(fused_model.get_weights())
@@ -127,21 +155,35 @@ def latent_conv_weights(wrapper):
     return by_rank[4], by_rank[1]
 
 
+def _producers(layer):
+    return tf.nest.flatten(layer.inbound_nodes[0].inbound_layers)
+
+
 def _output_vars(layer):
     """Range variables of the quantized tensor `layer` outputs."""
     if isinstance(layer, quantize_layer.QuantizeLayer):
         return layer.quantizer.built_vars[0]
     if isinstance(layer, _tfq.QuantizeWrapper) and hasattr(layer.quantize_config, "output_vars"):
         return layer.quantize_config.output_vars()
-    raise ValueError(f"layer {layer.name!r} feeds a conv but has no quantized output")
+    if isinstance(layer, _tfq.QuantizeWrapper) and isinstance(layer.layer,
+                                                              keras.layers.Concatenate):
+        return _output_vars(_producers(layer)[0])  # copies of one tensor, on its grid
+    raise ValueError(f"layer {layer.name!r} feeds a conv or Add but has no quantized output")
 
 
-def _link_conv_quantizers(q_model):
+def _link_runtime_rounding(q_model):
     for wrapper in conv_wrappers(q_model):
-        producers = tf.nest.flatten(wrapper.inbound_nodes[0].inbound_layers)
+        producers = _producers(wrapper)
         if len(producers) != 1:
             raise ValueError(f"{wrapper.name} has {len(producers)} inputs, expected 1")
         wrapper.quantize_config.link(_output_vars(producers[0]))
+    for wrapper in _runtime_adds(q_model):
+        wrapper.layer.link([_output_vars(p) for p in _producers(wrapper)],
+                           wrapper.quantize_config.output_vars())
+
+
+def _runtime_adds(q_model):
+    return [w for w in wrappers(q_model) if isinstance(w.layer, RuntimeAdd)]
 
 
 def clip_kernel_outliers(kernel, method, value):
@@ -188,7 +230,7 @@ def build_qat_model(fused_model, config=None):
     config = config or QATConfig()
     with _scope():
         q_model = _tfq.quantize_apply(_annotate(fused_model, config), scheme=_Scheme())
-    _link_conv_quantizers(q_model)
+    _link_runtime_rounding(q_model)
     if config.kernel_clip != "none":
         for wrapper in conv_wrappers(q_model):
             kernel, _ = latent_conv_weights(wrapper)
@@ -201,19 +243,21 @@ def build_qat_model(fused_model, config=None):
 def converter_graph(model):
     """Context in which graphs traced from `model` hold plain FakeQuant ops on the conv outputs.
 
-    The QAT model rounds its conv outputs like the int8 runtime (`QATConfig.exact_requantization`);
-    the TFLite converter only folds FakeQuant ops, so export traces the model inside this context.
+    The QAT model rounds its conv outputs (and an anchor Add's sum) like the int8 runtime
+    (`QATConfig.exact_requantization`); the TFLite converter only folds plain Add and FakeQuant
+    ops, so export traces the model inside this context.
     The converted model computes what the rounding emulates. A model without conv quantizers (an
     FP32 model) traces unchanged.
     """
-    quantizers = [w.quantize_config.output_tensor_quantizer() for w in conv_wrappers(model)]
-    for quantizer in quantizers:
-        quantizer.runtime_rounding = False
+    rounding = [w.quantize_config.output_tensor_quantizer() for w in conv_wrappers(model)]
+    rounding += [w.layer for w in _runtime_adds(model)]
+    for item in rounding:
+        item.runtime_rounding = False
     try:
         yield model
     finally:
-        for quantizer in quantizers:
-            quantizer.runtime_rounding = True
+        for item in rounding:
+            item.runtime_rounding = True
 
 
 def qat_checkpoint_model(model_config, qat_config):

@@ -1,13 +1,16 @@
-"""QuantizeConfigs of the fused student's three layer kinds (Conv2D, Add, DepthToSpace).
+"""QuantizeConfigs of the fused student's layer kinds (Conv2D, Add, DepthToSpace, Concatenate).
 
 - `ConvQuantizeConfig`: per-channel symmetric int8 kernel, bias rounded to the converter's int32
   grid, and either the activation quantized after the fused ReLU, or (tail) a pinned output range
-  that is the [0, 1] clip; the output rounds like the runtime once linked
+  that is the [0, 1] clip, or (the tail of an anchored student, whose output is a residual) a
+  learned range of the linear output; the output rounds like the runtime once linked
   (`keras_sr.quant.quantizers.requantize`). A separate ReLU layer would make tfmot drop the kernel
   fake-quant; the fused activation is required (tfmot_qat.md section 3).
-- `AddQuantizeConfig`: the sum is quantized (the TFLite ADD has its own output scale).
+- `AddQuantizeConfig`: the sum is quantized (the TFLite ADD has its own output scale), on a learned
+  range (the skip Add) or a pinned one (the anchor Add, where [0, 1] is the clip).
 - `NoOpQuantizeConfig`: depth-to-space only moves values; the converter carries the tail's scale
-  through it.
+  through it. Likewise the anchor's Concatenate of copies of the input, which stays on the
+  input's grid.
 - `MobileOneQuantizeConfig`: the `--qat_graph=multibranch` ablation (QAT on the training form): each
   branch kernel of a MobileOneConv2D is fake-quantized per channel, its batch norms stay float,
   and the block's ReLU output is quantized. That graph is never exported: it is fused after QAT
@@ -33,8 +36,10 @@ class ConvQuantizeConfig(_QuantizeConfig):
         per_axis: per-output-channel weight ranges.
         ema_decay: initial moving-average decay of the output range.
         percentile: batch statistic of the output range (`quantizers.batch_range`).
-        output_range: None for a hidden conv (ReLU fused, moving-average output range), or a fixed
-            (min, max) for a linear output conv, whose fake-quant is then also the clip.
+        output_range: None for a moving-average output range, of a hidden conv (after its fused
+            ReLU) or of a linear conv whose output is not the model's (the residual tail of an
+            anchored student); or a fixed (min, max) for a linear output conv, whose fake-quant
+            is then also the clip.
         bias_rounding: emulate the converter's int32 bias rounding.
         exact_requantization: round the output like the int8 runtime (exact int32 accumulator,
             float32 requantization, round half to even); needs `bias_rounding`.
@@ -64,9 +69,9 @@ class ConvQuantizeConfig(_QuantizeConfig):
         if not isinstance(layer, keras.layers.Conv2D) or not layer.use_bias:
             raise ValueError(f"{layer.name}: ConvQuantizeConfig needs a Conv2D with a bias")
         activation = keras.activations.serialize(layer.activation)
-        expected = "linear" if self.output_range is not None else "relu"
-        if activation != expected:
-            raise ValueError(f"{layer.name}: expected activation {expected!r}, got "
+        expected = ("linear",) if self.output_range is not None else ("relu", "linear")
+        if activation not in expected:
+            raise ValueError(f"{layer.name}: expected activation {' or '.join(expected)!r}, got "
                              f"{activation!r} (a hidden conv needs a fused ReLU; the output conv "
                              "must be linear)")
 
@@ -147,17 +152,23 @@ class NoOpQuantizeConfig(_QuantizeConfig):
 
 @keras.utils.register_keras_serializable(package="keras_sr")
 class AddQuantizeConfig(NoOpQuantizeConfig):
-    """Add: only the sum is quantized, with a freezable moving-average range.
+    """Add: only the sum is quantized, with a freezable moving-average range or a fixed one.
 
     Args:
         ema_decay: initial moving-average decay of the output range.
         percentile: batch statistic of the output range (`quantizers.batch_range`).
+        output_range: None (a learned range), or a fixed (min, max): the anchor Add, whose sum is
+            the model output and whose fake-quant is then also the [0, 1] clip.
     """
 
-    def __init__(self, ema_decay=0.999, percentile=100.0):
+    def __init__(self, ema_decay=0.999, percentile=100.0, output_range=None):
         self.ema_decay = float(ema_decay)
         self.percentile = float(percentile)
-        self.output_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
+        self.output_range = None if output_range is None else tuple(float(v) for v in output_range)
+        if self.output_range is None:
+            self.output_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
+        else:
+            self.output_quantizer = qz.PinnedRangeQuantizer(*self.output_range)
 
     def get_output_quantizers(self, layer):
         return [self.output_quantizer]
@@ -166,7 +177,8 @@ class AddQuantizeConfig(NoOpQuantizeConfig):
         return self.output_quantizer.built_vars[0]
 
     def get_config(self):
-        return {"ema_decay": self.ema_decay, "percentile": self.percentile}
+        return {"ema_decay": self.ema_decay, "percentile": self.percentile,
+                "output_range": None if self.output_range is None else list(self.output_range)}
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")

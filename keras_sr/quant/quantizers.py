@@ -63,6 +63,16 @@ def activation_scale(variables):
     return (variables["max_var"] - variables["min_var"]) / _ACTIVATION_STEPS
 
 
+def activation_grid(min_var, max_var):
+    """(scale, zero point, lowest value, highest value) of the 8-bit asymmetric grid of a range.
+
+    The zero point is the uint8 level of 0 (the grid is shifted so that 0 lies on it).
+    """
+    scale = (max_var - min_var) / _ACTIVATION_STEPS
+    zero_point = tf.clip_by_value(tf.round(-min_var / scale), 0.0, _ACTIVATION_STEPS)
+    return scale, zero_point, -zero_point * scale, (_ACTIVATION_STEPS - zero_point) * scale
+
+
 def weight_scale(variables):
     """Scale(s) of the narrow-range symmetric weight grid: max(|min|, |max|) / 127."""
     return tf.maximum(-variables["min_var"], variables["max_var"]) / (_WEIGHT_STEPS / 2)
@@ -95,9 +105,7 @@ def requantize(inputs, min_var, max_var, acc_scale):
     Returns:
         The requantized tensor, same shape, on the grid of the range.
     """
-    s_out = (max_var - min_var) / _ACTIVATION_STEPS
-    zero_point = tf.clip_by_value(tf.round(-min_var / s_out), 0.0, _ACTIVATION_STEPS)
-    low, high = -zero_point * s_out, (_ACTIVATION_STEPS - zero_point) * s_out
+    s_out, zero_point, low, high = activation_grid(min_var, max_var)
     valid = acc_scale > 0
     safe = tf.where(valid, acc_scale, tf.ones_like(acc_scale))
     # A channel whose kernel is all zeros has no accumulator scale; its output is the bias alone.
