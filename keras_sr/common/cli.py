@@ -1,7 +1,8 @@
 """What every absl binary of keras-sr does the same way (absl only: both sides use it)."""
+import os
 import sys
 
-from absl import flags
+from absl import app, flags
 
 
 def resolved_flags(module_name):
@@ -37,3 +38,30 @@ def define_shape(name, default, help_text, module_name):
         name, lambda s: len(s) == 4 and all(v.isdigit() and int(v) > 0 for v in s) and s[3] == "3",
         message=f"--{name} must be four positive integers N,H,W,3")
     return lambda: tuple(int(v) for v in holder.value)
+
+
+def run_main(main):
+    """`app.run(main)`, where a bad command line prints one line and exits with status 2.
+
+    absl prints the whole usage text and exits with status 1 both for flag errors (`flags.Error`,
+    e.g. a missing required flag) and for `app.UsageError` raised by `main`. Status 2 is the usual
+    one for a bad command line (argparse, GNU tools), so that callers can tell it from a run that
+    failed (status 1). The line reads "PROGRAM: error: MESSAGE" on stderr, without a traceback.
+    """
+    def fail(error):
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            fail(e)
+
+    def checked_main(argv):
+        try:
+            return main(argv)
+        except app.UsageError as e:
+            fail(e)
+
+    app.run(checked_main, flags_parser=parse)
