@@ -47,8 +47,9 @@ def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5
 
 
 # The training forms measured against the deploy form: the paper's BN MobileOne, its online
-# (OREPA) form, and the plain network (a deploy graph trained as it is).
-TRAINING_FORMS = ("mobileone", "mobileone_online", "repconv", "plain")
+# (OREPA) forms with and without BN, RepConv, and the plain network (a deploy graph trained as
+# it is).
+TRAINING_FORMS = ("mobileone", "mobileone_online", "mobileone_linear", "repconv", "plain")
 
 
 def student_train_rates(model_config=None, block_types=TRAINING_FORMS, **kwargs):

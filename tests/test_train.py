@@ -145,10 +145,12 @@ def test_stage2_with_teacher_records_from_the_bridge(tiny_data, tmp_path):
     assert {"train_charbonnier", "train_dct"} <= set(metrics)
 
 
+# mobileone_online restarts Adam at the switch; mobileone_linear carries its moments over.
+@pytest.mark.parametrize("block_type", ["mobileone_online", "mobileone_linear"])
 def test_fuse_at_switches_to_the_deploy_form_and_resumes_past_the_switch(tiny_data, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, block_type):
     records, val = tiny_data
-    config = _smoke(1, model=configs.ModelConfig(block_type="mobileone_online", channels=8,
+    config = _smoke(1, model=configs.ModelConfig(block_type=block_type, channels=8,
                                                  num_blocks=2, num_branches=2), fuse_at=0.5)
     assert config.fuse_step(config.steps) == 3
     straight = lib.train(config, str(tmp_path / "straight"), records, val_data=val)

@@ -7,7 +7,7 @@
 
 Sources: folder:PATH (LR made with the MATLAB bicubic rule), benchmark:PATH (EDSR layout, LR as
     given),
-tfds:div2k/bicubic_x3[:SPLIT] (downloads), builtin:train / builtin:val (scikit-image photographs).
+tfds:div2k/bicubic_x3[:SPLIT] (downloads), builtin:train / builtin:val (embedded photographs).
 OUTPUT/summary.json lists the counts and every skipped file with its reason, OUTPUT/flags.json the
 resolved flags. Rerunning resumes.
 """

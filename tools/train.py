@@ -28,6 +28,10 @@ _LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak lear
 _BLOCK_TYPE = flags.DEFINE_enum("block_type", None, sorted(configs.BLOCK_TYPES),
                                 "Stage 1: the student's block type (Stages 2 and 3 take the model "
                                 "of --init_from).")
+_ANCHOR = flags.DEFINE_boolean("anchor", None,
+                               "Stage 1: add ABPN's output anchor (the network predicts a residual "
+                               "over nearest-neighbour upsampling); later stages take the model of "
+                               "--init_from.")
 _QAT_GRAPH = flags.DEFINE_enum(
     "qat_graph", None, list(configs.QAT_GRAPHS),
     "Stage 3: quantize the fused graph (default, what ships) or, as an ablation, train the multi-branch "
@@ -53,6 +57,8 @@ _QAT_FLAGS = {
 _FUSE_AT = flags.DEFINE_float("fuse_at", None,
                               "Stages 1-2: fraction of the run after which the training form is "
                               "fused and the deploy form trained for the rest (0: never).")
+_SEED = flags.DEFINE_integer("seed", None, "Override the config's seed (data order, augmentation, "
+                             "initialisation).")
 _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 
@@ -71,9 +77,15 @@ def resolved_config():
     if _BLOCK_TYPE.value and config.stage != 1:
         raise app.UsageError("--block_type applies to --stage=1 only (later stages take the model "
                              "of --init_from)")
+    if _ANCHOR.value is not None and config.stage != 1:
+        raise app.UsageError("--anchor applies to --stage=1 only (later stages take the model of "
+                             "--init_from)")
     model = config.model.replace(block_type=_BLOCK_TYPE.value) if _BLOCK_TYPE.value else config.model
+    if _ANCHOR.value is not None:
+        model = model.replace(anchor=_ANCHOR.value)
     overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
-                 "time_budget_minutes": _BUDGET.value, "fuse_at": _FUSE_AT.value}
+                 "time_budget_minutes": _BUDGET.value, "fuse_at": _FUSE_AT.value,
+                 "seed": _SEED.value}
     try:
         return config.replace(model=model, loss=config.loss.replace(**loss),
                               qat=config.qat.replace(**qat),

@@ -1,12 +1,13 @@
 """Where HR/LR image pairs come from: the `--source` specs of `tools/prepare_data.py`.
 
-    folder:PATH            HR images (PNG/JPEG/BMP) directly inside PATH; LR made with the MATLAB
-    rule. benchmark:PATH         EDSR layout: PATH/HR/<stem>.* and
-    PATH/LR_bicubic/X<scale>/<stem>x<scale>.png;
-                           the LR files are taken as given.
+    PATH                   an existing folder: benchmark:PATH when it has HR/, else folder:PATH.
+    folder:PATH            HR images (PNG/JPEG/BMP) directly inside PATH; LR made with the
+                           MATLAB rule.
+    benchmark:PATH         EDSR layout: PATH/HR/<stem>.* and PATH/LR_bicubic/X<scale>/
+                           <stem>x<scale>.png; the LR files are taken as given.
     tfds:NAME[:SPLIT]      a TensorFlow Datasets paired set with "hr"/"lr" features, e.g.
                            tfds:div2k/bicubic_x3 (split "train" by default; downloads several GB).
-    builtin:train|val      the scikit-image photographs of `keras_sr.data.builtin`.
+    builtin:train|val      the photographs embedded in installed packages (`keras_sr.data.builtin`).
 
 A source is listed once (`Source.num_items`) and then read shard by shard (`Source.read_shard`), so
 that shards can be written independently, in parallel and resumably. Reading yields `RawPair`s, or
@@ -138,8 +139,8 @@ class BuiltinSource(_FileSource):
         self.default_prefix = "builtin"
         for name, path in builtin.image_paths(split):
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"builtin image {name!r} is missing from scikit-image "
-                                        f"({path})")
+                raise FileNotFoundError(f"builtin image {name!r} is missing from its package "
+                                        f"({path}); see keras_sr.data.builtin.PHOTOS")
             self.items.append((name, path, None))
 
 
@@ -189,9 +190,12 @@ def parse_source(spec, scale=3):
         FileNotFoundError: a folder that does not exist.
     """
     kind, sep, arg = spec.partition(":")
-    if not sep or kind not in _KINDS or not arg:
-        raise ValueError(f"bad source {spec!r}: expected one of folder:PATH, benchmark:PATH, "
-                         "tfds:NAME[:SPLIT], builtin:train, builtin:val")
+    if kind not in _KINDS and os.path.isdir(spec):
+        # A bare folder: the EDSR layout when it has HR/, else a folder of HR images.
+        kind, arg = ("benchmark" if os.path.isdir(os.path.join(spec, "HR")) else "folder"), spec
+    elif not sep or kind not in _KINDS or not arg:
+        raise ValueError(f"bad source {spec!r}: expected an existing folder, folder:PATH, "
+                         "benchmark:PATH, tfds:NAME[:SPLIT], builtin:train or builtin:val")
     return _KINDS[kind](arg, scale)
 
 

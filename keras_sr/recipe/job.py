@@ -1,76 +1,204 @@
-"""The whole method in one resumable job: data, Stages 1-3, INT8 export and evaluation.
+"""The whole method in one resumable, time-budgeted job: data, training, QAT, export, report.
 
-    keras-sr-run --workdir=runs/demo                       # embedded photographs, default configs
-    keras-sr-run --workdir=runs/t91 --train_source=folder:../shared/data/T91/HR \
-        --val_source=benchmark:../shared/data/Set5 --eval_data=../shared/data/Set14
+    keras-sr-run --workdir=runs/demo                       # embedded photographs, 10 minutes
+    keras-sr-run --workdir=runs/t91 --train_source=../shared/data/T91/HR \\
+        --val_source=../shared/data/Set5 --eval_data=../shared/data/Set14
 
-Every step writes into WORKDIR and is skipped or resumed when the job is run again:
+Every part writes into WORKDIR and is skipped (done) or resumed (interrupted) when the job is run
+again with the same settings; other settings in the same WORKDIR are refused:
 
-    WORKDIR/records/      SR TFRecords of the training source
-    WORKDIR/val/          the validation set in the EDSR benchmark layout
-    WORKDIR/stage{1,2,3}/ training work directories
-    WORKDIR/export/       student_int8.tflite (+ .json, .savedmodel/) at the fixed deploy shape
-    WORKDIR/summary.json  FP32 / QAT INT8 PSNR and SSIM of every evaluation set, and the resolved flags
+    WORKDIR/job.json        the job's settings and the parts done, with their wall times
+    WORKDIR/records/        SR TFRecords of the training source (teacher/: teacher outputs)
+    WORKDIR/val/, eval/     the validation and evaluation sets in the EDSR benchmark layout
+    WORKDIR/stage{1,2,3}/   training work directories (checkpoints, TensorBoard logs, metrics)
+    WORKDIR/export/         student_int8.tflite and student_fp32.tflite at the fixed deploy shape
+    WORKDIR/report.html     the report (also report.md, metrics.json)
 """
 import os
+import subprocess
+import sys
+import time
 
 from absl import logging
 
-from keras_sr import configs, data, evaluate
+from keras_sr import benchmark, configs, data, models
 from keras_sr.common import fileio
+from keras_sr.configs import job as job_configs
 from keras_sr.export import files, tflite_lib
+from keras_sr.recipe import results
+from keras_sr.recipe.progress import JobProgress
 from keras_sr.train import lib
 
+JOB_FILE = "job.json"
+INT8_MODEL, FP32_MODEL = job_configs.INT8_MODEL, job_configs.FP32_MODEL
 
-def _prepared(folder):
-    return os.path.isfile(os.path.join(folder, "summary.json"))
+
+class JobMismatch(ValueError):
+    """The work directory holds a job with other settings (the message lists them)."""
+
+
+def _claim(workdir, settings):
+    """Reads WORKDIR/job.json, or starts it; refuses a job with other settings."""
+    path = os.path.join(workdir, JOB_FILE)
+    if os.path.isfile(path):
+        state = fileio.read_json(path)
+        differ = sorted(k for k in set(settings) | set(state["settings"])
+                        if settings.get(k) != state["settings"].get(k))
+        if differ:
+            changes = ", ".join(f"{k}: {state['settings'].get(k)!r} -> {settings.get(k)!r}"
+                                for k in differ)
+            raise JobMismatch(f"{workdir} holds a job with other settings ({changes}); rerun "
+                              "with the same flags to resume it, or use another --workdir")
+        return state
+    os.makedirs(workdir, exist_ok=True)
+    state = {"settings": settings, "done": {}}
+    fileio.write_json(path, state)
+    return state
+
+
+def check_sources(train_source, val_source, eval_data=()):
+    """Lists every source before the job writes anything.
+
+    Raises:
+        ValueError: a source that cannot be used; the message names its flag.
+    """
+    named = [("--train_source", train_source), ("--val_source", val_source),
+             *(("--eval_data", spec) for spec in eval_data)]
+    for flag, spec in named:
+        if spec.startswith("tfds:"):
+            continue  # listing a TFDS set may download it; the job reports its errors later
+        try:
+            data.parse_source(spec)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{flag}={spec}: {e}") from None
+
+
+def _eval_dir(workdir, spec):
+    """Where an evaluation source is written in the benchmark layout (a name from the spec)."""
+    name = os.path.basename(os.path.normpath(spec.partition(":")[2] or spec)) or "eval"
+    return os.path.join(workdir, "eval", name.replace(":", "_"))
 
 
 def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", config="default",
-               teacher_records=None, eval_data=(), input_shape=tflite_lib.DEFAULT_INPUT_SHAPE,
-               strategy="default", run_info=None):
-    """Runs data preparation, the three stages, export and evaluation; see the module docstring.
+               teacher_records=None, teacher_checkpoint=None, eval_data=(),
+               input_shape=tflite_lib.DEFAULT_INPUT_SHAPE, strategy="default",
+               time_budget_minutes=None, run_info=None, started=None):
+    """Runs (or resumes) the whole job; see the module docstring.
 
     Args:
         workdir: output folder of the whole job.
-        train_source, val_source: source specs of `keras_sr.data.prepare_records`.
-        config: config variant of every stage ("default", "smoke", ...).
-        teacher_records: optional teacher TFRecords for Stages 2 and 3.
-        eval_data: further EDSR-layout folders to evaluate the final models on.
-        input_shape: fixed NHWC shape of the exported INT8 model.
+        train_source, val_source: source specs of `keras_sr.data.parse_source` (a bare folder
+            is taken as an EDSR layout when it has HR/, else as a folder of HR images).
+        config: the `keras_sr.configs.job` variant ("default", "smoke", "paper").
+        teacher_records: teacher TFRecords for Stages 2 and 3 (precomputed elsewhere).
+        teacher_checkpoint: an official MambaIRv2-Light x3 checkpoint: the job precomputes the
+            teacher outputs itself (in a subprocess: keras_sr never imports torch).
+        eval_data: further source specs to evaluate the final models on.
+        input_shape: fixed NHWC shape of the exported models.
         strategy: tf.distribute strategy name of the training stages.
-        run_info: resolved flags, stored in the summary.
+        time_budget_minutes: wall time of the whole job; None: the config's.
+        run_info: resolved flags, stored in metrics.json.
+        started: time.time() at which the job started (default: now); the budget counts from it.
 
     Returns:
-        The summary dict (also WORKDIR/summary.json).
+        The report's metrics dict (also WORKDIR/metrics.json).
     """
-    records, val_dir = os.path.join(workdir, "records"), os.path.join(workdir, "val")
-    if not _prepared(records):
-        data.prepare_records(train_source, records)
-    if not _prepared(val_dir):
-        data.prepare_benchmark(val_source, val_dir)
+    started = started or time.time()
+    job = job_configs.get_job_config(config)
+    if time_budget_minutes is not None:
+        job = job.replace(time_budget_minutes=time_budget_minutes)
+    if teacher_records and teacher_checkpoint:
+        raise ValueError("give --teacher_records or --teacher_checkpoint, not both")
+    settings = {"train_source": train_source, "val_source": val_source, "config": config,
+                "teacher_records": teacher_records, "teacher_checkpoint": teacher_checkpoint,
+                "eval_data": list(eval_data), "input_shape": list(input_shape),
+                "strategy": strategy, "time_budget_minutes": job.time_budget_minutes}
+    check_sources(train_source, val_source, eval_data)
+    state = _claim(workdir, settings)
+    budget = 60.0 * job.time_budget_minutes
+    deadline = started + budget if budget else None
+    with_teacher = bool(teacher_records or teacher_checkpoint)
+    train_stages = job.stages(with_teacher)
+    parts = ["data", *(["teacher"] if teacher_checkpoint else []), *(["speed"] if budget else []),
+             *train_stages, "export", "evaluate"]
+    view = JobProgress(parts, deadline)
 
+    def part(name, fn, total=None):
+        if name in state["done"]:
+            logging.info("Job: %s already done, skipped.", name)
+            return state["done"][name].get("result")
+        view.start(name, total)
+        start = time.time()
+        result = fn()
+        state["done"][name] = {"seconds": round(time.time() - start, 2), "result": result}
+        fileio.write_json(os.path.join(workdir, JOB_FILE), state)
+        view.done(name, time.time() - start)
+        return result
+
+    records = os.path.join(workdir, "records")
+    val_dir = os.path.join(workdir, "val")
+    eval_dirs = [_eval_dir(workdir, spec) for spec in eval_data]
+
+    def prepare():
+        data.prepare_records(train_source, records)
+        data.prepare_benchmark(val_source, val_dir)
+        for spec, out in zip(eval_data, eval_dirs):
+            data.prepare_benchmark(spec, out)
+
+    part("data", prepare)
+    if teacher_checkpoint:
+        teacher_records = os.path.join(workdir, "teacher")
+        part("teacher", lambda: _precompute_teacher(teacher_checkpoint, records, teacher_records))
+
+    # The machine's speed, measured in its first seconds, sizes what follows training.
+    speed = part("speed", lambda: _speed_probe(job)) if budget else None
     previous = None
-    stage_metrics = {}
-    for stage in (1, 2, 3):
-        stage_dir = os.path.join(workdir, f"stage{stage}")
-        logging.info("=== Stage %d -> %s", stage, stage_dir)
-        stage_metrics[f"stage{stage}"] = lib.train(
-            configs.get_config(stage, config), stage_dir, records, val_data=val_dir,
-            init_from=previous, teacher_records=teacher_records if stage > 1 else None,
-            strategy=strategy, run_info={"recipe": run_info or {}})
+    for i, stage in enumerate(train_stages):
+        number = int(stage[-1])
+        stage_config = configs.get_config(number, job.stage_config)
+        if number == 1 and job.model is not None:
+            stage_config = stage_config.replace(model=job.model)
+        if budget:
+            remaining = deadline - time.time() - job.tail_seconds(speed)
+            seconds = job.stage_seconds(stage, remaining, train_stages[i:])
+            stage_config = stage_config.replace(time_budget_minutes=max(seconds, 1.0) / 60.0)
+        stage_dir = os.path.join(workdir, stage)
+        part(stage, lambda c=stage_config, d=stage_dir, p=previous: lib.train(
+            c, d, records, val_data=val_dir, init_from=p,
+            teacher_records=teacher_records if c.stage > 1 else None, strategy=strategy,
+            run_info={"job": settings}, on_step=view.update), total=stage_config.steps)
         previous = stage_dir
 
-    tflite_path = os.path.join(workdir, "export", "student_int8.tflite")
-    export = files.export_workdir(previous, tflite_path, tuple(input_shape), "uint8", "int8")
-    models = {"bicubic": "bicubic", "fp32_stage2": os.path.join(workdir, "stage2"),
-              "int8_tflite": tflite_path}
-    scores = {}
-    for data_dir in (val_dir, *eval_data):
-        for name, spec in models.items():
-            result = evaluate.evaluate_benchmark(evaluate.make_predictor(spec), data_dir)
-            scores.setdefault(data_dir, {})[name] = {k: result[k] for k in evaluate.METRIC_KEYS}
-            logging.info("%s on %s: PSNR-Y %.3f dB", name, data_dir, result["psnr_y"])
-    summary = {"flags": run_info or {}, "stages": stage_metrics, "export": export, "scores": scores}
-    fileio.write_json(os.path.join(workdir, "summary.json"), summary)
-    return summary
+    fp32_stage = os.path.join(workdir, train_stages[-2])
+    part("export", lambda: {
+        "int8": files.export_workdir(previous, os.path.join(workdir, INT8_MODEL),
+                                     tuple(input_shape), "uint8", "int8"),
+        "fp32": files.export_workdir(fp32_stage, os.path.join(workdir, FP32_MODEL),
+                                     tuple(input_shape), kind="float")})
+    # Evaluation and the report always run (they are cheap and read only finished files).
+    view.start("evaluate")
+    sets = {"val": val_dir, **dict(zip(eval_data, eval_dirs))}
+    report = results.collect(
+        workdir, sets, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
+                        "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
+        input_shape=tuple(input_shape), parts=state["done"], started=started, flags=run_info,
+        curves={s: os.path.join(workdir, s) for s in train_stages})
+    view.close()
+    return report
+
+
+def _speed_probe(job, steps=10):
+    """Train steps/s of the job's Stage-1 student on this machine (a few seconds)."""
+    stage_config = configs.get_config(1, job.stage_config)
+    model = models.build_student(job.model or stage_config.model)
+    return benchmark.train_steps_per_second(model, stage_config.batch_size, stage_config.lr_patch,
+                                            steps=steps, warmup=2)
+
+
+def _precompute_teacher(checkpoint, records, output):
+    """Runs the teacher bridge in its own process (torch stays out of this one)."""
+    command = [sys.executable, "-m", "keras_sr_tools.precompute_teacher",
+               f"--checkpoint={checkpoint}", f"--records={records}", f"--output={output}"]
+    logging.info("Teacher: %s", " ".join(command))
+    subprocess.run(command, check=True)
+    return {"output": output}

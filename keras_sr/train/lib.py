@@ -71,11 +71,24 @@ def _is_chief(strategy):
     return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
 
 
-# Steps timed before a time budget fixes the run length. The first step is left out of the rate:
-# it includes tracing, which takes longer for some block types than for others.
+# Steps timed before a time budget fixes the run length, or fewer when they take longer than
+# the probe's share of the budget (a slow machine, a short stage of a job). The first step is left
+# out of the rate: it includes tracing, which takes longer for some block types than for others.
 _BUDGET_PROBE_STEPS = 200
-# Time kept for the final validation and checkpoint when fitting a run to its budget.
+_BUDGET_PROBE_MIN_STEPS = 10
+_BUDGET_PROBE_FRACTION = 0.1
+# Time kept for the final validation and checkpoint when fitting a run to its budget (at most
+# this fraction of the budget).
 _BUDGET_RESERVE_SECONDS = 30.0
+_BUDGET_RESERVE_FRACTION = 0.1
+
+
+def _probe_done(config, steps_done, seconds_since_first_step):
+    """Whether a time-budgeted run has been timed long enough to fix its length."""
+    if steps_done >= _BUDGET_PROBE_STEPS:
+        return True
+    return (steps_done >= _BUDGET_PROBE_MIN_STEPS and seconds_since_first_step
+            >= _BUDGET_PROBE_FRACTION * 60.0 * config.time_budget_minutes)
 
 
 def _fit_to_budget(config, schedule, current, start_step, start_time, first_step_done):
@@ -85,7 +98,9 @@ def _fit_to_budget(config, schedule, current, start_step, start_time, first_step
     """
     now = time.time()
     rate = (current - start_step - 1) / max(now - first_step_done, 1e-9)
-    remaining = 60.0 * config.time_budget_minutes - (now - start_time) - _BUDGET_RESERVE_SECONDS
+    budget = 60.0 * config.time_budget_minutes
+    remaining = budget - (now - start_time) - min(_BUDGET_RESERVE_SECONDS,
+                                                  _BUDGET_RESERVE_FRACTION * budget)
     total = max(current + 1, min(config.steps, current + int(rate * remaining)))
     schedule.total_steps.assign(total)
     logging.info("Time budget %.1f min at %.2f steps/s: the run ends at step %d (config: %d).",
@@ -117,8 +132,8 @@ class _TrainState:
         loss_fn: the `losses.CompositeLoss`.
         config: the `TrainConfig`.
         fuse_offset: the global step at which this model's optimizer was made: 0, or the fuse
-            step of a `fuse_at` run (its Adam starts afresh there, with the learning rate the
-            schedule has reached).
+            step of a `fuse_at` run whose Adam starts afresh there, with the learning rate the
+            schedule has reached (0 also when `_carry_adam_state` continues it).
     """
 
     def __init__(self, strategy, stage, schedule, step, loss_fn, config, fuse_offset=0):
@@ -165,6 +180,50 @@ class _TrainState:
         self.train_step = train_step
 
 
+# Block types whose Adam moments carry over to the deploy form at a `fuse_at` switch (see
+# `OnlineMobileOneConv2D.fused_kernel_moment`); the BN forms' fused kernels mix the batch
+# statistics into the gradient, so their deploy form restarts Adam (`_Offset`).
+_ADAM_CARRIES = ("mobileone_linear",)
+
+
+def _adam_slots(optimizer, variable):
+    # tf-keras 2.21 (pinned) keeps Adam's moments in lists indexed by a variable key.
+    index = optimizer._index_dict[optimizer._var_key(variable)]  # pylint: disable=protected-access
+    return optimizer._momentums[index], optimizer._velocities[index]  # pylint: disable=protected-access
+
+
+def _carry_adam_state(old, new):
+    """Sets the deploy form's Adam moments and step count from the training form's.
+
+    Layers of the same class (stem, tail) keep theirs; a linear online block's fused kernel gets
+    the moments `fused_kernel_moment` estimates from its branch kernels, its bias keeps its own.
+
+    Args:
+        old: the `_TrainState` of the training form at the switch.
+        new: the `_TrainState` of its deploy form (unchanged optimizer, made without an offset).
+    """
+    sources = {layer.name: layer for layer in old.stage.model.layers}
+    values = []
+    for layer in new.stage.model.layers:
+        source = sources[layer.name]
+        if type(source) is type(layer):
+            values += [(var, [s.numpy() for s in _adam_slots(old.optimizer, ref)])
+                       for var, ref in zip(layer.trainable_weights, source.trainable_weights)]
+            continue
+        kernel, bias = layer.trainable_weights
+        branch = _adam_slots(old.optimizer, source.kernel_kxk)
+        centre = _adam_slots(old.optimizer, source.kernel_1x1) if source.kernel_1x1 is not None \
+            else (None, None)
+        values.append((kernel, [source.fused_kernel_moment(
+            branch[i].numpy(), None if centre[i] is None else centre[i].numpy(), power=i + 1)
+            for i in (0, 1)]))
+        values.append((bias, [s.numpy() for s in _adam_slots(old.optimizer, source.bias)]))
+    for var, moments in values:
+        for slot, moment in zip(_adam_slots(new.optimizer, var), moments):
+            slot.assign(moment)
+    new.optimizer.iterations.assign(old.optimizer.iterations)
+
+
 def _fused_stage(stage, input_pipeline, config):
     """The `fuse_at` switch: the deploy form of a training-form stage, BN recalibrated first."""
     _, fused = stages.fuse(stage.model, input_pipeline(), config.bn_recalibration_batches)
@@ -172,7 +231,7 @@ def _fused_stage(stage, input_pipeline, config):
 
 
 def train(config, workdir, train_records, val_data=None, init_from=None, teacher_records=None,
-          strategy="default", run_info=None):
+          strategy="default", run_info=None, on_step=None):
     """Runs (or resumes) one training stage.
 
     Args:
@@ -184,6 +243,8 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
         teacher_records: optional teacher TFRecords (Stages 2 and 3) for the distillation term.
         strategy: "default", "mirrored" or "multiworker".
         run_info: extra JSON-serializable facts (e.g. the resolved flags) written to flags.json.
+        on_step: optional callable (step, total_steps) called after every step, e.g. a job's
+            progress view (`total_steps` may shrink once when a time budget fixes the run).
 
     Returns:
         The final metrics dict (also written to WORKDIR/metrics.json).
@@ -227,8 +288,11 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
         schedule = WarmupCosine(config.learning_rate, config.steps, config.warmup_steps,
                                 config.final_learning_rate)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    # A run past its fuse step trains with the optimizer made at that step (see `_fused_stage`).
-    fuse_offset = config.fuse_step(wd.checkpoint_value(latest, "total_steps")) if fused else 0
+    # A run past its fuse step trains with the optimizer made at that step (see `_fused_stage`):
+    # one that carried the training form's Adam state over, or one restarted there.
+    restarts_adam = fused and config.model.block_type not in _ADAM_CARRIES
+    fuse_offset = config.fuse_step(wd.checkpoint_value(latest, "total_steps")) if restarts_adam \
+        else 0
     state = _TrainState(strategy, stage, schedule, step, loss_fn, config, fuse_offset)
     manager = tf.train.CheckpointManager(state.checkpoint, checkpoint_dir, config.max_checkpoints)
     start_step = 0
@@ -261,20 +325,28 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
         pending.append(state.train_step(iterator))
         if current == start_step + 1:
             first_step_done = time.time()
-        if fit_to_budget and current - start_step == _BUDGET_PROBE_STEPS:
+        if fit_to_budget and _probe_done(config, current - start_step,
+                                         time.time() - first_step_done):
             total = _fit_to_budget(config, schedule, current, start_step, start_time,
                                    first_step_done)
             fit_to_budget = False
         if current == config.fuse_step(total) and not fused:
+            carries = config.model.block_type in _ADAM_CARRIES
             with strategy.scope():
-                state = _TrainState(strategy, _fused_stage(state.stage, input_pipeline, config),
-                                    schedule, step, loss_fn, config, fuse_offset=current)
+                fused_state = _TrainState(
+                    strategy, _fused_stage(state.stage, input_pipeline, config), schedule, step,
+                    loss_fn, config, fuse_offset=0 if carries else current)
+                if carries:
+                    _carry_adam_state(state, fused_state)
+            state = fused_state
             manager = tf.train.CheckpointManager(state.checkpoint, checkpoint_dir,
                                                  config.max_checkpoints)
             predictor = evaluate.keras_model_predictor(state.stage.model) if val_data else None
             fused = True
             logging.info("step %d: fused; the rest of the run trains the deploy form.", current)
         last = current == total
+        if on_step is not None:
+            on_step(current, total)
         if current % config.log_every == 0 or last:
             means = {k: float(np.mean([p[k].numpy() for p in pending])) for k in pending[0]}
             if not all(math.isfinite(v) for v in means.values()):
