@@ -5,8 +5,12 @@ not in a user's clone; tests that need it skip with a reason that says so.
 """
 import dataclasses
 import importlib
+import json
 import os
 import pathlib
+import re
+import shutil
+import subprocess
 import sys
 import types
 
@@ -196,21 +200,99 @@ def qat_run():
                                  traces_after_first=traces_after_first)
 
 
-@pytest.fixture(scope="session")
-def anchored_qat_run():
-    """The QAT model of a small anchored student (`ModelConfig.anchor`), trained through A, B, C."""
-    keras.utils.set_random_seed(1)
-    rng = np.random.default_rng(1)
-    model_config = configs.ModelConfig(block_type="plain", channels=8, num_blocks=2, anchor=True)
+def small_qat_run(model_config, seed, steps=10):
+    """The QAT model of `model_config`'s deploy graph, calibrated and trained through A, B, C."""
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
     fused = models.build_student(model_config, reparameterized=True)
     q_model = quant.build_qat_model(fused, QAT_CONFIG)
     pairs = [synthetic_pair(rng) for _ in range(4)]
     quant.calibrate(q_model, (lr for lr, _ in pairs), QAT_CONFIG)
     optimizer = keras.optimizers.Adam(2e-3)
     train_step = make_train_step(q_model, optimizer)
-    steps = 10
     for step in range(1, steps + 1):
         quant.set_phase(q_model, quant.phase_for_step(QAT_CONFIG, step, steps))
         train_step(*pairs[step % len(pairs)])
     return types.SimpleNamespace(q_model=q_model, fused=fused, model_config=model_config,
                                  optimizer=optimizer, pairs=pairs)
+
+
+@pytest.fixture(scope="session")
+def anchored_qat_run():
+    """The QAT model of a small anchored student (`ModelConfig.anchor`), trained through A, B, C."""
+    return small_qat_run(configs.ModelConfig(block_type="plain", channels=8, num_blocks=2,
+                                             anchor=True), seed=1)
+
+
+# The baselines at their papers' sizes and the depthwise-separable student, each through QAT.
+ARCH_CONFIGS = {
+    "abpn": configs.ModelConfig.for_arch("abpn"),
+    "fsrcnn": configs.ModelConfig.for_arch("fsrcnn"),
+    "repdw": configs.ModelConfig(block_type="repdw", channels=16, num_blocks=2, num_branches=2),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(ARCH_CONFIGS))
+def arch_qat_run(request):
+    """`small_qat_run` of each of `ARCH_CONFIGS` (the attribute `arch` names it)."""
+    run = small_qat_run(ARCH_CONFIGS[request.param], seed=2)
+    run.arch = request.param
+    return run
+
+# --------------------------------------------------------------------------------------------------
+# A page in a real browser (headless Chromium, installed by .ci/run; the check skips without it).
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
+# Appended to a copy of the page only: the report itself carries no script. After the load event
+# (every image decoded or failed), it records what the browser made of the page.
+CHECK_SCRIPT = """<script>
+window.addEventListener("load", function () {
+  var images = Array.prototype.map.call(document.images, function (i) { return i.naturalWidth; });
+  var tables = Array.prototype.map.call(document.querySelectorAll("table"), function (t) {
+    return [t.rows.length, t.rows[0].cells.length]; });
+  var pre = document.createElement("pre");
+  pre.id = "report-check";
+  pre.textContent = JSON.stringify({widths: images, tables: tables});
+  document.body.appendChild(pre);
+});
+</script>
+"""
+
+
+def chromium():
+    """The path of a Chromium/Chrome binary, or None."""
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+        if found:
+            return found
+    return None
+
+
+def run_chromium(binary, url, tmp_path, *args, timeout=120):
+    proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking",
+                           "--disable-component-update", "--disable-sync",
+                           f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                           "--virtual-time-budget=5000", *args, url],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def browser_check(html_path, tmp_path):
+    """Opens a page in headless Chromium; returns ({"widths", "tables"}, the DOM after load).
+
+    `widths` is the natural width of every <img> (0: not decoded), `tables` the [rows, columns]
+    of every table. Skips the calling test when no Chromium binary exists.
+    """
+    binary = chromium()
+    if binary is None:
+        pytest.skip(f"no Chromium binary ({', '.join(CHROMIUM_NAMES)}): install it with "
+                    "`apt-get install -y chromium` to run the browser check")
+    page = open(html_path, encoding="utf-8").read()
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
+    dom = run_chromium(binary, checked.as_uri(), tmp_path, "--dump-dom")
+    match = re.search(r'<pre id="report-check">(.*?)</pre>', dom, re.S)
+    assert match, f"the check script did not run; DOM tail: {dom[-500:]}"
+    return json.loads(match.group(1).replace("&quot;", '"')), dom

@@ -6,10 +6,9 @@ import math
 import pathlib
 
 import cv2
-import numpy as np
 import pytest
 from absl import app
-from conftest import run_tool
+from conftest import browser_check, run_tool
 
 from keras_sr.configs import job as job_configs
 from keras_sr.export import tflite_lib
@@ -46,7 +45,7 @@ def test_smoke_job_writes_every_artifact_with_the_scores_of_evaluate(tiny_data, 
     # Every row is what tools/evaluate.py reports for the same model on the same set.
     specs = {"bicubic": "bicubic", "fp32": str(job / "export" / "student_fp32.tflite"),
              "qat": str(job / "stage3"), "int8": str(job / "export" / "student_int8.tflite")}
-    assert [s["name"] for s in metrics["sets"]] == ["val", str(images / "val_set")]
+    assert [s["name"] for s in metrics["sets"]] == ["val", "val_set"]
     for entry in metrics["sets"]:
         for row in entry["rows"]:
             result = tmp_path / f"{row['model']}.json"
@@ -64,6 +63,11 @@ def test_smoke_job_writes_every_artifact_with_the_scores_of_evaluate(tiny_data, 
     for picture in pictures:
         decoded = cv2.imread(str(picture))
         assert decoded is not None and decoded.size > 0, picture
+
+    # The report in a browser: every image decoded, one table per set with a row per model.
+    browser, dom = browser_check(job / "report.html", tmp_path)
+    assert len(browser["widths"]) == len(pictures) and min(browser["widths"]) > 0
+    assert browser["tables"][:2] == [[5, 9], [5, 9]]
 
     # A rerun skips every finished part and reports the same scores.
     before = (job / "stage3" / "metrics.json").read_text()

@@ -4,13 +4,13 @@ import base64
 import json
 import os
 import re
-import shutil
-import subprocess
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from conftest import browser_check
 
 from keras_sr import report
 from keras_sr.report import curves, examples
@@ -246,56 +246,9 @@ def test_missing_logs_still_give_a_curves_figure(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # The page in a browser.
 
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
-# Appended to a copy of the page only: the report itself carries no script. After the load event
-# (every image decoded or failed), it records what the browser made of the page.
-CHECK_SCRIPT = """<script>
-window.addEventListener("load", function () {
-  var images = Array.prototype.map.call(document.images, function (i) { return i.naturalWidth; });
-  var tables = Array.prototype.map.call(document.querySelectorAll("table"), function (t) {
-    return [t.rows.length, t.rows[0].cells.length]; });
-  var pre = document.createElement("pre");
-  pre.id = "report-check";
-  pre.textContent = JSON.stringify({widths: images, tables: tables});
-  document.body.appendChild(pre);
-});
-</script>
-"""
-
-
-def chromium():
-    """The path of a Chromium/Chrome binary, or None."""
-    for name in CHROMIUM_NAMES:
-        found = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
-        if found:
-            return found
-    return None
-
-
-def run_chromium(binary, url, tmp_path, *args, timeout=120):
-    proc = subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                           "--no-first-run", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync",
-                           f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                           "--virtual-time-budget=5000", *args, url],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
 def test_the_page_decodes_every_image_in_a_browser(written, tmp_path):
-    binary = chromium()
-    if binary is None:
-        pytest.skip(f"no Chromium binary ({', '.join(CHROMIUM_NAMES)}): install it with "
-                    "`apt-get install -y chromium` to run the browser check")
     data, paths = written
-    page = open(paths["html"], encoding="utf-8").read()
-    checked = tmp_path / "checked.html"
-    checked.write_text(page.replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
-    dom = run_chromium(binary, checked.as_uri(), tmp_path, "--dump-dom")
-    match = re.search(r'<pre id="report-check">(.*?)</pre>', dom, re.S)
-    assert match, f"the check script did not run; DOM tail: {dom[-500:]}"
-    result = json.loads(match.group(1).replace("&quot;", '"'))
+    result, dom = browser_check(paths["html"], tmp_path)
     widths = [_png_width(open(p, "rb").read()) for p in paths["images"]]
     assert result["widths"] == widths and min(widths) > 0
     # [rows incl. header, columns]: Set5 (3 models, 9 columns), builtin:val (1, 5), parity, ops,

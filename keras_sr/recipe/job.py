@@ -73,10 +73,17 @@ def check_sources(train_source, val_source, eval_data=()):
             raise ValueError(f"{flag}={spec}: {e}") from None
 
 
+def _set_name(spec):
+    """How the report names a set: its folder's name, or the spec of a builtin or TFDS set."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("builtin", "tfds"):
+        return spec
+    return os.path.basename(os.path.normpath(arg if kind in ("folder", "benchmark") else spec))
+
+
 def _eval_dir(workdir, spec):
-    """Where an evaluation source is written in the benchmark layout (a name from the spec)."""
-    name = os.path.basename(os.path.normpath(spec.partition(":")[2] or spec)) or "eval"
-    return os.path.join(workdir, "eval", name.replace(":", "_"))
+    """Where an evaluation source is written in the benchmark layout."""
+    return os.path.join(workdir, "eval", _set_name(spec).replace(":", "_").replace("/", "_"))
 
 
 def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", config="default",
@@ -177,7 +184,8 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
                                      tuple(input_shape), kind="float")})
     # Evaluation and the report always run (they are cheap and read only finished files).
     view.start("evaluate")
-    sets = {"val": val_dir, **dict(zip(eval_data, eval_dirs))}
+    sets = {_set_name(val_source): val_dir,
+            **{_set_name(spec): out for spec, out in zip(eval_data, eval_dirs)}}
     report = results.collect(
         workdir, sets, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
                         "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
