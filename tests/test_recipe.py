@@ -8,7 +8,7 @@ import pathlib
 import cv2
 import pytest
 from absl import app
-from conftest import browser_check, run_tool
+from conftest import browser_check, require_shared, run_tool
 
 from keras_sr.configs import job as job_configs
 from keras_sr.export import tflite_lib
@@ -111,3 +111,22 @@ def test_progress_view_writes_log_lines_when_not_a_terminal(caplog):
     view.close()
     lines = [r.getMessage() for r in caplog.records if "Job [2/2] stage1: step" in r.getMessage()]
     assert len(lines) == 10 and lines[-1].startswith("Job [2/2] stage1: step 10/10")
+
+
+# About a minute on an idle 2-core CPU (the teacher runs on the CPU): kept out of the default run.
+@pytest.mark.slow
+def test_teacher_checkpoint_runs_the_precompute_inside_the_job(tiny_data, tmp_path):
+    """--teacher_checkpoint: teacher outputs precomputed in a subprocess, Stage 2 distils from them."""
+    weights = require_shared("fixtures", "mambairv2_light_x3", "weights.pth")
+    records, _ = tiny_data
+    images = pathlib.Path(records).parent
+    job = tmp_path / "job"
+    run_tool("run", f"--workdir={job}", f"--train_source={images / 'train'}",
+             f"--val_source={images / 'val_set'}", "--config=smoke", "--input_shape=1,32,40,3",
+             f"--teacher_checkpoint={weights}")
+    state = json.loads((job / "job.json").read_text())
+    assert set(state["done"]) == {"data", "teacher", "stage1", "stage2", "stage3", "export"}
+    assert list((job / "teacher").glob("*.tfrecord"))
+    stage2 = json.loads((job / "stage2" / "metrics.json").read_text())
+    # Random teacher weights are far from the images: every pixel gets the KD weight floor w_min.
+    assert 0.0 < stage2["train_kd"] <= 0.1
