@@ -130,3 +130,8 @@ def test_teacher_checkpoint_runs_the_precompute_inside_the_job(tiny_data, tmp_pa
     stage2 = json.loads((job / "stage2" / "metrics.json").read_text())
     # Random teacher weights are far from the images: every pixel gets the KD weight floor w_min.
     assert 0.0 < stage2["train_kd"] <= 0.1
+    # The report's teacher row scores the teacher's own outputs for the set's LR images.
+    metrics = json.loads((job / "metrics.json").read_text())
+    rows = {row["model"]: row for row in metrics["sets"][0]["rows"]}
+    assert list(rows) == ["bicubic", "teacher", "fp32", "qat", "int8"]
+    assert 0.0 < rows["teacher"]["psnr_y"] < rows["bicubic"]["psnr_y"]  # random weights

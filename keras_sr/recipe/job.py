@@ -81,9 +81,14 @@ def _set_name(spec):
     return os.path.basename(os.path.normpath(arg if kind in ("folder", "benchmark") else spec))
 
 
+def _key(name):
+    """A set's name as a folder name."""
+    return name.replace(":", "_").replace("/", "_")
+
+
 def _eval_dir(workdir, spec):
     """Where an evaluation source is written in the benchmark layout."""
-    return os.path.join(workdir, "eval", _set_name(spec).replace(":", "_").replace("/", "_"))
+    return os.path.join(workdir, "eval", _key(_set_name(spec)))
 
 
 def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", config="default",
@@ -153,9 +158,21 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
             data.prepare_benchmark(spec, out)
 
     part("data", prepare)
+    teacher_eval = os.path.join(workdir, "teacher_eval")
+    set_dirs = {_set_name(val_source): val_dir,
+                **{_set_name(spec): out for spec, out in zip(eval_data, eval_dirs)}}
     if teacher_checkpoint:
         teacher_records = os.path.join(workdir, "teacher")
-        part("teacher", lambda: _precompute_teacher(teacher_checkpoint, records, teacher_records))
+
+        def teacher():
+            # The training records for Stages 2-3, and every evaluation set's LR images for the
+            # report's teacher row.
+            _precompute_teacher(teacher_checkpoint, teacher_records, records=records)
+            for name, folder in set_dirs.items():
+                _precompute_teacher(teacher_checkpoint, os.path.join(teacher_eval, _key(name)),
+                                    images=os.path.join(folder, "LR_bicubic", "X3"))
+
+        part("teacher", teacher)
 
     # The machine's speed, measured in its first seconds, sizes what follows training.
     speed = part("speed", lambda: _speed_probe(job)) if budget else None
@@ -184,13 +201,13 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
                                      tuple(input_shape), kind="float")})
     # Evaluation and the report always run (they are cheap and read only finished files).
     view.start("evaluate")
-    sets = {_set_name(val_source): val_dir,
-            **{_set_name(spec): out for spec, out in zip(eval_data, eval_dirs)}}
+    teachers = {name: os.path.join(teacher_eval, _key(name)) for name in set_dirs} \
+        if teacher_checkpoint else None
     report = results.collect(
-        workdir, sets, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
-                        "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
+        workdir, set_dirs, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
+                            "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
         input_shape=tuple(input_shape), parts=state["done"], started=started, flags=run_info,
-        curves={s: os.path.join(workdir, s) for s in train_stages})
+        curves={s: os.path.join(workdir, s) for s in train_stages}, teachers=teachers)
     view.close()
     return report
 
@@ -203,10 +220,11 @@ def _speed_probe(job, steps=10):
                                             steps=steps, warmup=2)
 
 
-def _precompute_teacher(checkpoint, records, output):
-    """Runs the teacher bridge in its own process (torch stays out of this one)."""
+def _precompute_teacher(checkpoint, output, records=None, images=None):
+    """Runs the teacher bridge on SR records or an LR folder, in its own process (keras_sr never
+    imports torch)."""
+    source = f"--records={records}" if records else f"--images={images}"
     command = [sys.executable, "-m", "keras_sr_tools.precompute_teacher",
-               f"--checkpoint={checkpoint}", f"--records={records}", f"--output={output}"]
+               f"--checkpoint={checkpoint}", source, f"--output={output}"]
     logging.info("Teacher: %s", " ".join(command))
     subprocess.run(command, check=True)
-    return {"output": output}

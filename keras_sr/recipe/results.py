@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from keras_sr import evaluate, report
-from keras_sr.common import image_io, machine
-from keras_sr.data.benchmark import load_benchmark
+from keras_sr.common import image_io, machine, record_schema
+from keras_sr.data.benchmark import load_benchmark, lr_path
 from keras_sr.export import parity, tflite_lib, tflite_runner
 from keras_sr.workdir import WorkDir
 
@@ -45,7 +45,34 @@ def _model_facts(spec, input_shape):
     return None, None, None  # a Keras model (the QAT model) is a training artifact
 
 
-def collect(workdir, sets, models, input_shape, parts, started, flags=None, curves=None):
+def teacher_predictor(teacher_dir, data_dir):
+    """The precomputed teacher outputs of a set's LR images, as a predictor.
+
+    Args:
+        teacher_dir: teacher records written by the teacher bridge for `data_dir`'s LR folder.
+        data_dir: the EDSR-layout set.
+
+    Returns:
+        Callable uint8 LR (h, w, 3) -> the teacher's uint8 (3h, 3w, 3) for that LR image (looked
+        up by its pixels: `evaluate_benchmark` passes only the image).
+    """
+    by_id = {}
+    for path in record_schema.list_record_files(teacher_dir):
+        for serialized in record_schema.read_tfrecord(path):
+            example = record_schema.decode_example(serialized, record_schema.TEACHER_FEATURES)
+            by_id[example["image_id"].decode().rpartition("/")[2]] = example["teacher_png"]
+    table = {}
+    for name, lr, _, _ in load_benchmark(data_dir):
+        stem = os.path.splitext(os.path.basename(lr_path(data_dir, name, 3)))[0]
+        if stem not in by_id:
+            raise FileNotFoundError(f"{teacher_dir} has no teacher output for {name} ({stem})")
+        table[image_io.to_rgb(lr).tobytes()] = image_io.to_rgb(
+            image_io.decode_image(by_id[stem], name=f"{teacher_dir}:{stem}"))
+    return lambda lr: table[np.ascontiguousarray(lr).tobytes()]
+
+
+def collect(workdir, sets, models, input_shape, parts, started, flags=None, curves=None,
+            teachers=None):
     """Scores every model on every set, writes report.html / report.md / metrics.json.
 
     Args:
@@ -59,6 +86,7 @@ def collect(workdir, sets, models, input_shape, parts, started, flags=None, curv
         started: time.time() at the job's start.
         flags: the resolved flags of the binary.
         curves: {stage name: training work directory} for the training curves.
+        teachers: {set name: teacher records of its LR images} for a "teacher" row, or None.
 
     Returns:
         The metrics dict (WORKDIR/metrics.json).
@@ -73,6 +101,11 @@ def collect(workdir, sets, models, input_shape, parts, started, flags=None, curv
             parameters, size, latency = facts[name]
             rows.append({"model": name, **{k: scores[k] for k in evaluate.METRIC_KEYS},
                          "parameters": parameters, "file_bytes": size, "latency_ms": latency})
+        if teachers:
+            scores = evaluate.evaluate_benchmark(teacher_predictor(teachers[set_name], data_dir),
+                                                 data_dir)
+            rows.insert(1, {"model": "teacher", **{k: scores[k] for k in evaluate.METRIC_KEYS},
+                            "parameters": None, "file_bytes": None, "latency_ms": None})
         fp32_parameters = facts["fp32"][0]
         for row in rows:  # the QAT model is the INT8 model's graph
             if row["model"] == "qat":
