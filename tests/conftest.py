@@ -160,14 +160,15 @@ def kernels(q_model):
             for w in quant.conv_wrappers(q_model)]
 
 
-def make_train_step(q_model, optimizer):
+def make_train_step(q_model, optimizer, post_update=True):
     @tf.function
     def train_step(lr, hr):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.abs(q_model(lr, training=True) - hr))
         grads = tape.gradient(loss, q_model.trainable_variables)
         optimizer.apply_gradients(zip(grads, q_model.trainable_variables))
-        quant.post_update(q_model)
+        if post_update:
+            quant.post_update(q_model)
         return loss
 
     return train_step
@@ -200,15 +201,23 @@ def qat_run():
                                  traces_after_first=traces_after_first)
 
 
-def small_qat_run(model_config, seed, steps=10):
-    """The QAT model of `model_config`'s deploy graph, calibrated and trained through A, B, C."""
+def small_qat_run(model_config, seed, steps=10, learning_rate=2e-3, float_steps=0):
+    """The QAT model of `model_config`'s deploy graph, calibrated and trained through A, B, C.
+
+    `float_steps` train the float graph first (L1, Adam 3e-3), a tiny Stage 1, so that the QAT
+    model starts from a network whose output spans the pixel range.
+    """
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
     fused = models.build_student(model_config, reparameterized=True)
-    q_model = quant.build_qat_model(fused, QAT_CONFIG)
     pairs = [synthetic_pair(rng) for _ in range(4)]
+    if float_steps:
+        float_step = make_train_step(fused, keras.optimizers.Adam(3e-3), post_update=False)
+        for step in range(float_steps):
+            float_step(*pairs[step % len(pairs)])
+    q_model = quant.build_qat_model(fused, QAT_CONFIG)
     quant.calibrate(q_model, (lr for lr, _ in pairs), QAT_CONFIG)
-    optimizer = keras.optimizers.Adam(2e-3)
+    optimizer = keras.optimizers.Adam(learning_rate)
     train_step = make_train_step(q_model, optimizer)
     for step in range(1, steps + 1):
         quant.set_phase(q_model, quant.phase_for_step(QAT_CONFIG, step, steps))
@@ -235,9 +244,10 @@ ARCH_CONFIGS = {
 @pytest.fixture(scope="session", params=sorted(ARCH_CONFIGS))
 def arch_qat_run(request):
     """`small_qat_run` of each of `ARCH_CONFIGS` (the attribute `arch` names it)."""
-    run = small_qat_run(ARCH_CONFIGS[request.param], seed=2)
+    run = small_qat_run(ARCH_CONFIGS[request.param], seed=2, learning_rate=3e-4, float_steps=60)
     run.arch = request.param
     return run
+
 
 # --------------------------------------------------------------------------------------------------
 # A page in a real browser (headless Chromium, installed by .ci/run; the check skips without it).

@@ -1,4 +1,6 @@
-"""Student network: exact re-parameterization, deploy graph, serialization and argument checks."""
+"""Student network: exact re-parameterization, deploy graph, serialization and argument checks;
+the baselines ABPN and FSRCNN: layer lists, parameter counts, forward values, configs."""
+import itertools
 import json
 
 import numpy as np
@@ -6,7 +8,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from keras_sr import configs
+from keras_sr import configs, workdir
+from keras_sr.common import fileio
+from keras_sr.models import baselines
 from keras_sr.models import (
     BLOCK_TYPES,
     MobileOneConv2D,
@@ -361,6 +365,10 @@ def test_layer_config_round_trip():
     (dict(num_branches=-1), "num_branches must be a positive int"),
     (dict(scale=True), "scale must be a positive int"),
     (dict(anchor=1), "anchor must be a bool"),
+    (dict(arch="edsr"), "arch must be one of"),
+    (dict(arch="abpn"), "arch 'abpn' is plain convolutions: it needs block_type 'plain'"),
+    (dict(arch="fsrcnn", block_type="plain", shrink_channels=0),
+     "shrink_channels must be a positive int"),
     (dict(reparameterized="yes"), "reparameterized must be a bool"),
     (dict(name=""), "name must be a non-empty str"),
 ])
@@ -387,3 +395,156 @@ def test_bad_layer_and_model_arguments_raise():
     not_student = keras.Model(inputs, keras.layers.Conv2D(3, 3, name="stem")(inputs))
     with pytest.raises(ValueError, match="is not a keras_sr student"):
         student_config(not_student)
+
+
+# ----------------------------------------------------------------------------------------------
+# The baselines.
+
+# (name, kernel size, filters, activation) of every conv, in graph order, at the papers' sizes.
+BASELINE_CONVS = {
+    # ABPN, as its official code (NJU-Jet/SR_Mobile_Quantization, solvers/networks/base7.py).
+    "abpn": ([("stem", 3, 28, "relu")] + [(f"body_{i}", 3, 28, "relu") for i in range(4)]
+             + [("pre_tail", 3, 27, "relu"), ("tail", 3, 27, "linear")]),
+    # FSRCNN (d, s, m) = (56, 12, 4) on RGB, ReLU for PReLU, the 9x9 deconvolution as a 3x3 conv
+    # to 27 channels + depth-to-space.
+    "fsrcnn": ([("stem", 5, 56, "relu"), ("shrink", 1, 12, "relu")]
+               + [(f"map_{i}", 3, 12, "relu") for i in range(4)]
+               + [("expand", 1, 56, "relu"), ("tail", 3, 27, "linear")]),
+}
+# ABPN: the official "42.54K". FSRCNN: the paper's RGB network with a 9x9 deconvolution 56->3 has
+# 24,511 (+ 172 PReLU slopes: the 24.68K of the ETDS table); the sub-pixel tail has the same
+# 9 * 9 * 56 * 3 weights and 27 biases instead of 3.
+BASELINE_PARAMETERS = {"abpn": 42_539, "fsrcnn": 24_535}
+
+
+def _randomize_biases(model, seed=3):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            layer.bias.assign(rng.normal(0.0, 0.05, layer.bias.shape))
+
+
+def _reference_forward(model, x, convs, anchor, scale=3):
+    """The layer list applied with tf.nn ops and the model's weights (plus the input repeated
+    s * s times along channels, as ABPN's code adds it)."""
+    h = x
+    for name, _, _, activation in convs:
+        kernel, bias = model.get_layer(name).get_weights()
+        h = tf.nn.conv2d(h, kernel, 1, "SAME") + bias
+        h = tf.nn.relu(h) if activation == "relu" else h
+    if anchor:
+        h = h + np.tile(x, (1, 1, 1, scale * scale))
+    return tf.nn.depth_to_space(h, scale).numpy()
+
+
+@pytest.mark.parametrize("arch", sorted(BASELINE_CONVS))
+def test_baselines_at_their_papers_sizes(arch):
+    model = build_student(configs.ModelConfig.for_arch(arch))
+    assert model.count_params() == BASELINE_PARAMETERS[arch]
+    convs = [layer for layer in model.layers if layer.weights]
+    assert [(c.name, c.kernel_size[0], c.filters, c.activation.__name__) for c in convs] == (
+        BASELINE_CONVS[arch])
+    assert all(type(c) is keras.layers.Conv2D and c.padding == "same" and c.use_bias
+               and c.kernel_size[0] == c.kernel_size[1] for c in convs)
+    # A chain: each conv reads the one before it (the first reads the input).
+    assert [c.inbound_nodes[0].inbound_layers.name for c in convs] == (
+        ["lr"] + [c.name for c in convs[:-1]])
+    anchored = arch == "abpn"
+    assert {type(layer).__name__ for layer in model.layers} == (
+        {"InputLayer", "Conv2D", "DepthToSpace"} | ({"Concatenate", "Add"} if anchored else set()))
+    _randomize_biases(model)
+    x = random_images((2, 5, 7, 3))
+    expected = _reference_forward(model, x, BASELINE_CONVS[arch], anchored)
+    assert expected.shape == (2, 15, 21, 3)
+    np.testing.assert_allclose(model(x).numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch, anchor", [("abpn", True), ("abpn", False), ("fsrcnn", False),
+                                          ("fsrcnn", True)])
+def test_baseline_with_zero_weights_is_its_anchor(arch, anchor):
+    """All weights 0: nearest-neighbour upsampling with the anchor (ABPN's), else 0."""
+    model = build_student(configs.ModelConfig.for_arch(arch, anchor=anchor))
+    for w in model.weights:
+        w.assign(tf.zeros_like(w))
+    x = random_images((2, 5, 7, 3))
+    expected = nearest_upsampling(x) if anchor else np.zeros((2, 15, 21, 3), np.float32)
+    np.testing.assert_array_equal(model(x).numpy(), expected)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_fsrcnn_tail_computes_the_papers_deconvolution(scale):
+    """A 9x9 stride-s "SAME" deconvolution d->3 equals FSRCNN's tail (an LR conv d->3s², kernel
+    `subpixel_kernel_size`, holding the deconvolution kernel's s² phases) + depth-to-space."""
+    rng = np.random.default_rng(scale)
+    d, size = 6, baselines.FSRCNN_DECONV_SIZE
+    deconv_kernel = rng.normal(0.0, 1.0, (size, size, 3, d)).astype(np.float32)  # (h, w, out, in)
+    deconv_bias = rng.normal(0.0, 1.0, 3).astype(np.float32)
+    features = rng.normal(0.0, 1.0, (2, 5, 7, d)).astype(np.float32)
+    deconv = tf.nn.conv2d_transpose(features, deconv_kernel, (2, 5 * scale, 7 * scale, 3), scale,
+                                    "SAME") + deconv_bias
+
+    k = baselines.subpixel_kernel_size(size, scale)
+    assert k == {2: 5, 3: 3, 4: 3}[scale]
+    # HR pixel s*h + i reads LR pixel h + t - r with deconvolution tap i + p - s (t - r).
+    r, p = k // 2, (size - scale) // 2
+    kernel = np.zeros((k, k, d, 3 * scale * scale), np.float32)
+    for ty, tx, iy, ix in itertools.product(range(k), range(k), range(scale), range(scale)):
+        ky, kx = iy + p - scale * (ty - r), ix + p - scale * (tx - r)
+        if 0 <= ky < size and 0 <= kx < size:
+            phase = (iy * scale + ix) * 3
+            kernel[ty, tx, :, phase:phase + 3] = deconv_kernel[ky, kx].T
+    model = build_student(configs.ModelConfig.for_arch("fsrcnn", channels=d, scale=scale))
+    tail = model.get_layer("tail")
+    assert tail.kernel.shape == kernel.shape
+    tail.set_weights([kernel, np.tile(deconv_bias, scale * scale)])
+    np.testing.assert_allclose(tf.nn.depth_to_space(tail(features), scale).numpy(), deconv.numpy(),
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("arch, anchor", [("abpn", True), ("abpn", False), ("fsrcnn", False),
+                                          ("fsrcnn", True)])
+def test_baseline_config_round_trip_and_reparameterize(arch, anchor):
+    sizes = {"shrink_channels": 5} if arch == "fsrcnn" else {}
+    config = configs.ModelConfig.for_arch(arch, channels=8, num_blocks=2, anchor=anchor, **sizes)
+    model = build_student(config)
+    _randomize_biases(model)
+    kwargs = json.loads(json.dumps(student_config(model)))
+    assert kwargs.pop("reparameterized") is True and kwargs.pop("name") == "student"
+    assert configs.ModelConfig(**kwargs) == config  # every field the graph has, read back
+    assert build_student(**kwargs).get_config() == model.get_config()
+    assert build_student(config, reparameterized=True).get_config() == model.get_config()
+    # Already plain: reparameterize is the identity rebuild.
+    fused = reparameterize(model)
+    assert fused is not model and fused.get_config() == model.get_config()
+    for a, b in zip(fused.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x = random_images()
+    np.testing.assert_array_equal(fused(x).numpy(), model(x).numpy())
+
+
+def test_model_config_of_every_arch_round_trips_and_old_configs_load(tmp_path):
+    for arch in configs.ARCHS:
+        config = configs.TrainConfig(model=configs.ModelConfig.for_arch(arch))
+        again = configs.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+        assert again == config and again.model.arch == arch
+    assert configs.ModelConfig.for_arch("student") == configs.ModelConfig()
+    assert configs.ModelConfig.for_arch("abpn").anchor and not configs.ModelConfig.for_arch(
+        "fsrcnn").anchor
+    # A config.json written before `arch` and `shrink_channels` existed is the student's.
+    stored = configs.TrainConfig(model=configs.ModelConfig(block_type="repdw")).to_dict()
+    del stored["model"]["arch"], stored["model"]["shrink_channels"]
+    fileio.write_json(str(tmp_path / workdir.CONFIG), stored)
+    model = workdir.read_config(str(tmp_path)).model
+    assert model == configs.ModelConfig(block_type="repdw") and model.arch == "student"
+    with pytest.raises(ValueError, match="arch must be one of"):
+        configs.ModelConfig.for_arch("edsr")
+    # The baselines have no multi-branch form to fuse.
+    with pytest.raises(ValueError, match="fuse_at needs Stage 1 or 2 and a block type"):
+        configs.TrainConfig(model=configs.ModelConfig.for_arch("abpn"), fuse_at=0.5)
+
+
+def test_student_config_rejects_a_broken_baseline():
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(12, 1, name="shrink")(keras.layers.Conv2D(8, 5, name="stem")(inputs))
+    with pytest.raises(ValueError, match="is not a keras_sr fsrcnn network"):
+        student_config(keras.Model(inputs, x))

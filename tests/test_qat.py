@@ -18,6 +18,7 @@ from keras_sr.common import fileio
 from keras_sr.export import tflite_lib
 from keras_sr.models.depth_to_space import DepthToSpace
 from keras_sr.quant.integer_add import RuntimeAdd
+from keras_sr.quant.integer_conv import RuntimeConv2D, RuntimeDepthwiseConv2D
 
 def _max_change(before, after):
     return max(float(np.max(np.abs(a - b))) for a, b in zip(before, after))
@@ -434,3 +435,135 @@ def test_multibranch_qat_with_the_anchor():
     diff = np.abs(fused(x, training=False).numpy() - q_model(x, training=False).numpy())
     assert diff.mean() < 6 / 255, diff.mean()
     tflite_lib.check_int8(tflite_lib.convert_qat(fused, (1, 16, 16, 3)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Depthwise convolutions, exact integer sums, and the baselines through QAT.
+
+def test_depthwise_kernels_get_per_channel_ranges_and_clipping():
+    config = configs.QATConfig(calibration_batches=1, kernel_clip="percentile",
+                               kernel_clip_value=90.0)
+    fused = models.build_student(block_type="repdw", channels=4, num_blocks=1, reparameterized=True)
+    rng = np.random.default_rng(9)
+    # Channels of very different sizes: one shared range would show.
+    dw_kernel = rng.normal(0.0, 1.0, (3, 3, 4, 1)) * np.array([1.0, 0.1, 3.0, 0.5])[:, None]
+    fused.get_layer("block_0_dw").depthwise_kernel.assign(dw_kernel)
+    q_model = quant.build_qat_model(fused, config)
+    wrapper = q_model.get_layer("quant_block_0_dw")
+    assert type(wrapper.quantize_config) is quant.quantize_configs.DepthwiseQuantizeConfig
+    assert type(wrapper.layer) is RuntimeDepthwiseConv2D and wrapper.layer._ranges is not None
+    kernel, bias = quant.latent_conv_weights(wrapper)
+    assert kernel.shape == (3, 3, 4, 1) and bias.shape == (4,)
+    # The outlier clip ran per channel of the depthwise kernel (its axis 2).
+    high = np.percentile(dw_kernel.reshape(9, 4), 90.0, axis=0)
+    np.testing.assert_allclose(kernel.numpy().reshape(9, 4).max(axis=0), high, rtol=1e-5)
+    quant.calibrate(q_model, [synthetic_pair(rng, batch=1)[0]], config)
+    q_model(synthetic_pair(rng, batch=1)[0], training=True)  # live weight ranges follow
+    ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
+    assert ranges["max_var"].shape == (4,)
+    np.testing.assert_allclose(ranges["max_var"].numpy(), np.abs(kernel.numpy()).max(axis=(0, 1, 3)),
+                               rtol=1e-6)
+    # Phase C clips each channel to its own frozen range.
+    limits = np.array([0.1, 0.2, 0.3, 0.4], np.float32)
+    ranges["min_var"].assign(-limits)
+    ranges["max_var"].assign(limits)
+    outliers = np.ones((3, 3, 4, 1), np.float32) * np.float32([0.5, -0.05, -0.7, 0.35])[:, None]
+    kernel.assign(outliers)
+    quant.set_phase(q_model, "C")
+    quant.post_update(q_model)
+    np.testing.assert_array_equal(kernel.numpy(),
+                                  np.clip(outliers, -limits[:, None], limits[:, None]))
+
+
+def test_runtime_conv_sums_exactly_where_a_float32_conv_does_not():
+    """Large accumulators (3x3x56 products, about 2e6 steps): the runtime conv's output is the
+    exact int32 accumulator times s_in * s_w; a plain float32 conv misses it by whole steps."""
+    rng = np.random.default_rng(11)
+    cin, cout = 56, 8
+    x_levels = rng.integers(0, 256, (2, 9, 9, cin))
+    w_levels = rng.integers(0, 65, (3, 3, cin, cout))
+    b_levels = rng.integers(-3000, 3000, cout)
+    input_max = np.float32(0.37)
+    kernel_max = rng.uniform(0.05, 0.5, cout).astype(np.float32)
+    variables = {"min_var": tf.Variable(0.0), "max_var": tf.Variable(input_max)}
+    kernel_vars = {"min_var": tf.Variable(-kernel_max), "max_var": tf.Variable(kernel_max)}
+    s_in = quant.quantizers.activation_scale(variables).numpy()
+    s_w = quant.quantizers.weight_scale(kernel_vars).numpy()
+    acc_scale = s_in * s_w
+    layer = RuntimeConv2D(cout, 3, padding="same")
+    x = tf.constant((x_levels * s_in).astype(np.float32))
+    layer.build(x.shape)
+    layer.set_weights([(w_levels * s_w).astype(np.float32), (b_levels * acc_scale).astype(np.float32)])
+    layer.link(variables, kernel_vars)
+    exact = tf.nn.conv2d(x_levels.astype(np.float64), w_levels.astype(np.float64), 1,
+                         "SAME").numpy() + b_levels
+    assert np.abs(exact).max() > 2e6
+    got = np.round(layer(x).numpy() / acc_scale)
+    np.testing.assert_array_equal(got, exact)
+    layer.runtime_rounding = False  # the plain float32 conv
+    assert np.mean(np.round(layer(x).numpy() / acc_scale) != exact) > 0.01
+    # Training sees the plain conv's gradients.
+    layer.runtime_rounding = True
+    gradients = []
+    for runtime in (True, False):
+        layer.runtime_rounding = runtime
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(tf.sin(layer(x) * 10.0))
+        gradients.append(tape.gradient(loss, [x, layer.kernel, layer.bias]))
+    for runtime, plain in zip(*gradients):
+        np.testing.assert_allclose(runtime.numpy(), plain.numpy(), rtol=1e-3,
+                                   atol=1e-3 * np.abs(plain.numpy()).max())
+
+
+def test_every_arch_quantizes_like_the_student(arch_qat_run):
+    """Every conv: the student's exact requantization; ABPN's anchor: the student's anchor."""
+    q_model = arch_qat_run.q_model
+    convs = [layer for layer in arch_qat_run.fused.layers
+             if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))]
+    wrappers = quant.conv_wrappers(q_model)
+    assert [w.layer.name for w in wrappers] == [c.name for c in convs]
+    for wrapper in wrappers:
+        depthwise = isinstance(wrapper.layer, keras.layers.DepthwiseConv2D)
+        assert type(wrapper.layer) is (RuntimeDepthwiseConv2D if depthwise else RuntimeConv2D)
+        assert wrapper.layer._ranges is not None  # pylint: disable=protected-access
+        assert wrapper.quantize_config.output_tensor_quantizer().linked, wrapper.name
+        assert wrapper.quantize_config.bias_quantizer.linked, wrapper.name
+        ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
+        assert ranges["max_var"].shape == (wrapper.layer.bias.shape[0],), wrapper.name
+    by_name = {w.layer.name: w for w in quant.wrappers(q_model)}
+    tail_range = by_name["tail"].quantize_config.output_range
+    if arch_qat_run.model_config.anchor:
+        assert tail_range is None and isinstance(by_name["anchor_add"].layer, RuntimeAdd)
+        assert by_name["anchor_add"].quantize_config.output_range == (0.0, 1.0)
+        for name in ("anchor_row", "anchor"):
+            assert type(by_name[name].quantize_config) is quant.quantize_configs.NoOpQuantizeConfig
+    else:
+        assert tail_range == (0.0, 1.0)
+    x = arch_qat_run.pairs[0][0]
+    y = q_model(x, training=False).numpy()
+    assert y.shape == (4, 48, 48, 3) and y.min() >= 0.0 and y.max() <= 1.0
+    np.testing.assert_allclose(y * 255.0, np.round(y * 255.0), atol=1e-4)
+
+
+def test_stage3_workdir_of_every_arch_loads_every_form(arch_qat_run, tmp_path):
+    """Checkpoints are rebuilt from config.json: the QAT model and the float twin of its arch."""
+    run_config = configs.TrainConfig(stage=3, model=arch_qat_run.model_config, qat=QAT_CONFIG)
+    fileio.write_json(os.fspath(tmp_path / workdir.CONFIG), run_config.to_dict())
+    tf.train.Checkpoint(model=arch_qat_run.q_model).save(
+        os.fspath(tmp_path / workdir.CHECKPOINTS / "ckpt"))
+    x = arch_qat_run.pairs[1][0]
+    loaded = workdir.load(os.fspath(tmp_path), "qat")
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(),
+                                  arch_qat_run.q_model(x, training=False).numpy())
+    twin = workdir.load(os.fspath(tmp_path), "float_twin")
+    kwargs = models.student_config(twin)
+    assert kwargs.get("arch", "student") == arch_qat_run.model_config.arch
+    # The twin holds the latent weights, and follows the fake-quant model up to quantization noise.
+    expected = quant.float_twin(arch_qat_run.q_model, models.build_student(
+        arch_qat_run.model_config, reparameterized=True))
+    assert twin.get_config() == expected.get_config()
+    for a, b in zip(twin.get_weights(), expected.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    diff = twin(x, training=False).numpy() - loaded(x, training=False).numpy()
+    assert np.abs(diff).mean() < 2 / 255, np.abs(diff).mean()

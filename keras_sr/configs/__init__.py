@@ -10,8 +10,9 @@
 Each stage module's docstring gives its command.
 """
 from keras_sr.configs import stage1, stage2, stage3
-from keras_sr.configs.base import (BLOCK_TYPES, KERNEL_CLIP_METHODS, QAT_GRAPHS, QAT_PHASES,
-                                   LossConfig, ModelConfig, QATConfig, TrainConfig, smoke)
+from keras_sr.configs.base import (ARCHS, BLOCK_TYPES, KERNEL_CLIP_METHODS, QAT_GRAPHS,
+                                   QAT_PHASES, LossConfig, ModelConfig, QATConfig, TrainConfig,
+                                   smoke)
 
 VARIANTS = ("default", "div2k", "smoke")
 _STAGES = {1: stage1, 2: stage2, 3: stage3}
@@ -31,5 +32,5 @@ def get_config(stage, name="default"):
     return module.DIV2K if name == "div2k" else module.DEFAULT
 
 
-__all__ = ["BLOCK_TYPES", "KERNEL_CLIP_METHODS", "QAT_GRAPHS", "QAT_PHASES", "VARIANTS",
+__all__ = ["ARCHS", "BLOCK_TYPES", "KERNEL_CLIP_METHODS", "QAT_GRAPHS", "QAT_PHASES", "VARIANTS",
            "LossConfig", "ModelConfig", "QATConfig", "TrainConfig", "get_config", "smoke"]

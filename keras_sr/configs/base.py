@@ -1,7 +1,7 @@
 """The configuration types: one typed dataclass per concept, each default defined once here.
 
     TrainConfig            everything a training run needs besides its data paths
-      .model  ModelConfig  the student network (`keras_sr.models.build_student`)
+      .model  ModelConfig  the network: the student or a baseline (`keras_sr.models.build_student`)
       .loss   LossConfig   the training objective (`keras_sr.losses.make_loss`)
       .qat    QATConfig    Stage-3 quantization-aware training (`keras_sr.quant`)
 
@@ -35,6 +35,21 @@ BLOCK_TYPES = {
                         "(linear over-parameterization; a step costs what plain's costs); deploy: "
                         "one Conv2D 3x3 + ReLU",
     "plain": "Conv2D 3x3 + ReLU in both forms (num_branches is ignored)",
+}
+# Architecture -> what `keras_sr.models.build_student` builds (the layers: `keras_sr.models.student`
+# and `keras_sr.models.baselines`). The baselines are plain convolutions (block_type "plain") and
+# go through the same data, QAT and export path as the student.
+ARCHS = {
+    "student": "the paper's student: stem, num_blocks blocks of block_type, skip, tail",
+    "abpn": "ABPN (Du et al., 2021): Anchor-based Plain Net, plain 3x3 convs and the anchor",
+    "fsrcnn": "FSRCNN (Dong et al., 2016) on RGB with ReLU; deconvolution as depth-to-space",
+}
+# The ModelConfig fields of each architecture as its paper sets them (`ModelConfig.for_arch`):
+# ABPN's C = 28 and four middle convs, with the anchor; FSRCNN's d = 56, s = 12, m = 4.
+ARCH_FIELDS = {
+    "student": {},
+    "abpn": {"block_type": "plain", "channels": 28, "num_blocks": 4, "anchor": True},
+    "fsrcnn": {"block_type": "plain", "channels": 56, "shrink_channels": 12, "num_blocks": 4},
 }
 QAT_PHASES = ("A", "B", "C")
 KERNEL_CLIP_METHODS = ("none", "std", "percentile")
@@ -84,18 +99,30 @@ class DictMixin:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig(DictMixin):
-    """The student network (`keras_sr.models.build_student`); the defaults are the paper's.
+    """The network (`keras_sr.models.build_student`); the defaults are the paper's student.
+
+    `ModelConfig.for_arch("abpn")` / `("fsrcnn")` gives a baseline at its paper's sizes. A
+    config.json written before `arch` and `shrink_channels` existed loads as the student.
 
     Attributes:
-        block_type: one of `BLOCK_TYPES`.
-        channels: feature channels C of the stem and every block.
-        num_blocks: number N of blocks.
-        num_branches: parallel branches k of each "mobileone" / "repdw" re-parameterizable conv.
-        scale: upscaling factor s; the tail outputs 3 * s * s channels.
+        arch: one of `ARCHS`: "student", or the baseline "abpn" or "fsrcnn".
+        block_type: one of `BLOCK_TYPES` (student); the baselines are plain convolutions and
+            need "plain".
+        channels: student: feature channels C of the stem and every block; abpn: C of its
+            feature convs (28 in the paper); fsrcnn: d, the channels of feature extraction and
+            expanding (56).
+        num_blocks: student: number N of blocks; abpn: 3x3 convs C->C after the first (4);
+            fsrcnn: m, the 3x3 mapping convs (4).
+        num_branches: parallel branches k of each "mobileone" / "repdw" re-parameterizable conv
+            (unused by the other block types and the baselines).
+        scale: upscaling factor s; the last conv outputs 3 * s * s channels.
         anchor: ABPN's output anchor (Du et al., 2021): the input, repeated s * s times along
-            channels, is added to the tail output before depth-to-space, so the network predicts
-            a residual over nearest-neighbour upsampling and passes through colours it has not
-            seen in training. No weights; off in the paper's student.
+            channels, is added to the last conv's output before depth-to-space, so the network
+            predicts a residual over nearest-neighbour upsampling and passes through colours it
+            has not seen in training. No weights; part of ABPN, off in the paper's student and
+            in FSRCNN (any arch takes it).
+        shrink_channels: fsrcnn: s, the channels of shrinking and mapping (12); unused by the
+            other archs.
     """
     block_type: str = "mobileone"
     channels: int = 32
@@ -103,15 +130,33 @@ class ModelConfig(DictMixin):
     num_branches: int = 4
     scale: int = 3
     anchor: bool = False
+    arch: str = "student"
+    shrink_channels: int = 12
 
     def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {self.arch!r}")
         if self.block_type not in BLOCK_TYPES:
             raise ValueError(f"block_type must be one of {sorted(BLOCK_TYPES)}, got "
                              f"{self.block_type!r}")
-        for name in ("channels", "num_blocks", "num_branches", "scale"):
+        if self.arch != "student" and self.block_type != "plain":
+            raise ValueError(f"arch {self.arch!r} is plain convolutions: it needs block_type "
+                             f"'plain', got {self.block_type!r} (block types are the student's)")
+        for name in ("channels", "num_blocks", "num_branches", "scale", "shrink_channels"):
             object.__setattr__(self, name, positive_int(getattr(self, name), name))
         if not isinstance(self.anchor, bool):
             raise ValueError(f"anchor must be a bool, got {self.anchor!r}")
+
+    @classmethod
+    def for_arch(cls, arch, **fields):
+        """The config of `arch` at its paper's sizes (`ARCH_FIELDS`), with `fields` overriding.
+
+        Raises:
+            ValueError: an unknown arch, or a bad field.
+        """
+        if arch not in ARCH_FIELDS:
+            raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+        return cls(arch=arch, **{**ARCH_FIELDS[arch], **fields})
 
 
 @dataclasses.dataclass(frozen=True)

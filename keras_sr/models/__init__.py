@@ -1,4 +1,5 @@
-"""The student network: building it, its re-parameterizable block and fusing it for deployment."""
+"""The student network (and the baselines ABPN and FSRCNN): building it, its re-parameterizable block
+and fusing it for deployment."""
 from keras_sr.models.blocks import MobileOneConv2D, fused_conv
 from keras_sr.models.depth_to_space import DepthToSpace
 from keras_sr.models.online import OnlineMobileOneConv2D

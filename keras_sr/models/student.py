@@ -10,14 +10,18 @@ depth-to-space.
 The deploy form of the default ("mobileone") student holds only Conv2D (bias + fused ReLU), Add and
 DepthToSpace layers: 82,683 parameters for C=32, N=8, s=3 (the anchor adds two Concatenates and no
 parameter).
+
+`build_student` is also the entry point of the baselines (`ModelConfig.arch` "abpn" and "fsrcnn",
+`keras_sr.models.baselines`), so the trainer and the work directory build every arch the same way.
 """
 import re
 
 import tf_keras as keras
 
 from keras_sr.configs import BLOCK_TYPES, ModelConfig  # noqa: F401  (BLOCK_TYPES: public here too)
+from keras_sr.models.baselines import baseline_config, build_baseline
 from keras_sr.models.blocks import MobileOneConv2D, fused_conv
-from keras_sr.models.depth_to_space import DepthToSpace
+from keras_sr.models.depth_to_space import upscaled_output
 from keras_sr.models.online import OnlineMobileOneConv2D
 
 _BLOCK_NAME = re.compile(r"block_(\d+)(_dw|_pw)?")
@@ -43,7 +47,7 @@ def _block_layers(block_type, reparameterized, channels, num_branches, name):
 
 
 def build_student(config=None, *, reparameterized=False, name="student", **fields):
-    """Builds the student network (a functional `keras.Model`).
+    """Builds the student network, or the baseline `config.arch` names (a functional `keras.Model`).
 
     Input: float32 (B, H, W, 3) RGB in [0, 1], any H and W. Output: float32
     (B, scale*H, scale*W, 3), RGB on the [0, 1] scale but not clipped (clip when making pixels).
@@ -51,27 +55,30 @@ def build_student(config=None, *, reparameterized=False, name="student", **field
     depth-to-space of the tail output (a residual, roughly in [-1, 1]).
 
     `reparameterize(build_student(...))` and `build_student(..., reparameterized=True)` have the
-    same config; training and deploy forms share the names of every layer.
+    same config; training and deploy forms share the names of every layer. A baseline
+    (`keras_sr.models.baselines`) has one form whatever `reparameterized` says.
 
     Args:
         config: a `keras_sr.configs.ModelConfig` (default: the paper's student).
         reparameterized: build the deploy form (every block fused into plain convolutions)
             instead of the training form.
         name: model name.
-        **fields: `ModelConfig` fields (block_type, channels, num_blocks, num_branches, scale,
-            anchor) that override `config`'s.
+        **fields: `ModelConfig` fields (arch, block_type, channels, num_blocks, num_branches,
+            scale, anchor, shrink_channels) that override `config`'s.
 
     Returns:
         An uncompiled `keras.Model`.
 
     Raises:
-        ValueError: on an unknown block type or a non-positive size.
+        ValueError: on an unknown arch or block type, or a non-positive size.
     """
     config = (config or ModelConfig()).replace(**fields)
     if not isinstance(reparameterized, bool):
         raise ValueError(f"reparameterized must be a bool, got {reparameterized!r}")
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty str, got {name!r}")
+    if config.arch != "student":
+        return build_baseline(config, name)
     channels, scale = config.channels, config.scale
 
     inputs = keras.Input((None, None, 3), name="lr")
@@ -83,16 +90,7 @@ def build_student(config=None, *, reparameterized=False, name="student", **field
             x = layer(x)
     x = keras.layers.Add(name="skip")([stem, x])
     x = keras.layers.Conv2D(3 * scale * scale, 3, padding="same", name="tail")(x)
-    if config.anchor:
-        # depth_to_space (NHWC) puts channel (i * s + j) * 3 + c of an LR pixel at HR pixel (i, j)
-        # of its s x s block, channel c: with s * s copies of the input along channels, every HR
-        # pixel of the block gets its LR pixel (nearest-neighbour upsampling). Built as s rows of
-        # s copies because LiteRT's XNNPACK delegate runs an int8 CONCATENATION of 2-4 inputs but
-        # not of 9 (measured). The copies stay on the input's int8 grid.
-        row = keras.layers.Concatenate(name="anchor_row")([inputs] * scale)
-        anchor = keras.layers.Concatenate(name="anchor")([row] * scale)
-        x = keras.layers.Add(name="anchor_add")([x, anchor])
-    outputs = DepthToSpace(scale, name="depth_to_space")(x)
+    outputs = upscaled_output(inputs, x, scale, config.anchor)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -103,18 +101,22 @@ def student_config(model):
     several kwargs build comes back in one canonical spelling: a one-branch "mobileone" comes back
     as "repconv"; the deploy forms of "mobileone", "repconv" and "plain" (identical graphs) come
     back as `block_type="plain", reparameterized=True`. `num_branches` is left out where the graph
-    does not use it.
+    does not use it. A baseline comes back with its arch (`baselines.baseline_config`); the
+    student's kwargs leave arch out (the default).
 
     Args:
         model: a model built by `build_student` or `reparameterize`.
 
     Returns:
         dict with keys reparameterized, block_type, channels, num_blocks, scale, anchor, name
-        and, for branchy blocks, num_branches.
+        and, for branchy blocks, num_branches (a baseline: arch, and shrink_channels for fsrcnn).
 
     Raises:
-        ValueError: if `model` lacks the student's named layers.
+        ValueError: if `model` lacks the student's (or a baseline's) named layers.
     """
+    baseline = baseline_config(model)
+    if baseline is not None:
+        return baseline
     names = {layer.name: layer for layer in model.layers}
     missing = {"stem", "skip", "tail", "depth_to_space"} - names.keys()
     indices = {int(m[1]) for m in map(_BLOCK_NAME.fullmatch, names) if m}

@@ -12,7 +12,8 @@ and trains `q` with the curriculum hooks `set_phase` / `phase_for_step` and `pos
 (`curriculum`). `fold` turns a QAT model into its FP32 twin, or a multi-branch QAT model (an
 ablation) into the fused QAT model that ships. Modules, bottom to top: `quantizers`, `configs`
 (tfmot QuantizeConfigs), `integer_add` (an anchored student's output Add, rounding like the
-runtime), `build`, `curriculum`, `calibration`, `fold`.
+runtime), `integer_conv` (convolutions summing like the runtime), `build`, `curriculum`,
+`calibration`, `fold`.
 """
 from keras_sr.quant.build import (IO_RANGE, build_qat_model, clip_kernel_outliers, conv_wrappers,
                                   converter_graph, latent_conv_weights, qat_checkpoint_model,

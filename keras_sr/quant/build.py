@@ -7,8 +7,12 @@
 weights, activations quantized after each fused ReLU, the Add output quantized, depth-to-space
 without quantizers, the input range pinned to [0, 1], the tail output range fixed to [0, 1] (the
 clip), biases rounded to the converter's int32 grid, and every conv output rounded the way the
-int8 runtime requantizes it, so the Keras QAT model and the exported model under XNNPACK are
-bit-identical (`converter_graph` gives the converter the plain FakeQuant ops it folds).
+int8 runtime requantizes it, from an accumulator summed like the runtime's
+(`keras_sr.quant.integer_conv`), so the Keras QAT model and the exported model under XNNPACK are
+bit-identical (`converter_graph` gives the converter the plain convs and FakeQuant ops it folds).
+DepthwiseConv2D (the "repdw" student) is quantized like Conv2D, with per-channel depthwise weight
+ranges. The baselines (`ModelConfig.arch` "abpn", "fsrcnn") are such graphs too: ABPN ends like an
+anchored student.
 
 An anchored student (`ModelConfig.anchor`) ends in tail -> Add(tail, anchor) -> depth-to-space:
 the anchor's Concatenates copy the input's [0, 1] grid (no quantizer), the tail output is a
@@ -35,6 +39,7 @@ from keras_sr.models.depth_to_space import DepthToSpace
 from keras_sr.quant import quantize_configs as configs
 from keras_sr.quant import quantizers as qz
 from keras_sr.quant.integer_add import RuntimeAdd
+from keras_sr.quant.integer_conv import RUNTIME_CONVS
 
 _tfq = tfmot.quantization.keras
 _transforms = _tfq.graph_transformations.transforms
@@ -95,8 +100,10 @@ def _output_layer(model):
 def _quantize_config(layer, config, output_layer):
     # The model output's range is pinned to [0, 1] (the clip); every other range is learned.
     output_range = IO_RANGE if layer is output_layer else None
-    if isinstance(layer, keras.layers.Conv2D):
-        return configs.ConvQuantizeConfig(
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+        kind = (configs.DepthwiseQuantizeConfig if isinstance(layer, keras.layers.DepthwiseConv2D)
+                else configs.ConvQuantizeConfig)
+        return kind(
             per_axis=config.per_channel, ema_decay=config.ema_decay,
             percentile=config.range_percentile, output_range=output_range,
             bias_rounding=config.bias_rounding, exact_requantization=config.exact_requantization)
@@ -112,8 +119,8 @@ def _quantize_config(layer, config, output_layer):
         return configs.MobileOneQuantizeConfig(config.per_channel, config.ema_decay,
                                                config.range_percentile)
     raise ValueError(f"layer {layer.name!r} ({type(layer).__name__}) is not part of the fused "
-                     "deploy graph (Conv2D with fused ReLU or linear output, Add, DepthToSpace, "
-                     "Concatenate of copies of one tensor); "
+                     "deploy graph (Conv2D or DepthwiseConv2D with fused ReLU or linear output, "
+                     "Add, DepthToSpace, Concatenate of copies of one tensor); "
                      "fuse the model with keras_sr.models.reparameterize first (or set "
                      "QATConfig.graph='multibranch' for QAT on the training form)")
 
@@ -123,8 +130,12 @@ def _annotate(fused_model, config):
 
     def clone(layer):
         kind = layer.__class__
-        if layer is output_layer and kind is keras.layers.Add and config.exact_requantization:
-            kind = RuntimeAdd  # an output Add: its rounding is what the uint8 output holds
+        if config.exact_requantization:
+            # Convs that sum, and an output Add that rounds, like the runtime (`integer_conv`,
+            # `integer_add`): what the uint8 output holds depends on both.
+            kind = RUNTIME_CONVS.get(kind, kind)
+            if layer is output_layer and kind is keras.layers.Add:
+                kind = RuntimeAdd
         copy = kind.from_config(layer.get_config())
         return _tfq.quantize_annotate_layer(copy, _quantize_config(layer, config, output_layer))
 
@@ -176,10 +187,16 @@ def _link_runtime_rounding(q_model):
         producers = _producers(wrapper)
         if len(producers) != 1:
             raise ValueError(f"{wrapper.name} has {len(producers)} inputs, expected 1")
-        wrapper.quantize_config.link(_output_vars(producers[0]))
+        input_vars = _output_vars(producers[0])
+        wrapper.quantize_config.link(input_vars)
+        if isinstance(wrapper.layer, _RUNTIME_CONV_TYPES):
+            wrapper.layer.link(input_vars, wrapper.quantize_config.kernel_quantizer.built_vars[0])
     for wrapper in _runtime_adds(q_model):
         wrapper.layer.link([_output_vars(p) for p in _producers(wrapper)],
                            wrapper.quantize_config.output_vars())
+
+
+_RUNTIME_CONV_TYPES = tuple(RUNTIME_CONVS.values())
 
 
 def _runtime_adds(q_model):
@@ -217,9 +234,9 @@ def build_qat_model(fused_model, config=None):
     Every freeze flag starts False, which is phase A of the curriculum.
 
     Args:
-        fused_model: the deploy-form student (`build_student(reparameterized=True)` or
-            `reparameterize(model)`): Conv2D with fused ReLU, Add, a linear tail Conv2D and
-            DepthToSpace; input float RGB in [0, 1]. It is not modified. With
+        fused_model: the deploy-form student or baseline (`build_student(reparameterized=True)`
+            or `reparameterize(model)`): Conv2D / DepthwiseConv2D with fused ReLU, Add, a linear
+            tail Conv2D and DepthToSpace; input float RGB in [0, 1]. It is not modified. With
             `config.graph == "multibranch"`: the training-form student instead.
         config: `QATConfig`; its kernel clip is applied to the new model's kernels.
 
@@ -234,8 +251,11 @@ def build_qat_model(fused_model, config=None):
     if config.kernel_clip != "none":
         for wrapper in conv_wrappers(q_model):
             kernel, _ = latent_conv_weights(wrapper)
-            kernel.assign(clip_kernel_outliers(kernel.numpy(), config.kernel_clip,
-                                               config.kernel_clip_value))
+            value = kernel.numpy()
+            if isinstance(wrapper.quantize_config, configs.DepthwiseQuantizeConfig):
+                value = value.reshape(qz.depthwise_channels_last(value.shape))  # channels last
+            kernel.assign(clip_kernel_outliers(value, config.kernel_clip,
+                                               config.kernel_clip_value).reshape(kernel.shape))
     return q_model
 
 
@@ -251,6 +271,7 @@ def converter_graph(model):
     """
     rounding = [w.quantize_config.output_tensor_quantizer() for w in conv_wrappers(model)]
     rounding += [w.layer for w in _runtime_adds(model)]
+    rounding += [w.layer for w in conv_wrappers(model) if isinstance(w.layer, _RUNTIME_CONV_TYPES)]
     for item in rounding:
         item.runtime_rounding = False
     try:

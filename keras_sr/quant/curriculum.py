@@ -70,7 +70,13 @@ def post_update(q_model):
     it).
     """
     for kernel, ranges in quantized_kernels(q_model):
-        clipped = tf.clip_by_value(kernel, ranges["min_var"], ranges["max_var"])
+        # Per-channel ranges follow the kernel's output channels, which are its last axis or, in
+        # a depthwise kernel (kh, kw, C, 1), its channel axis: both are last in a (taps, channels)
+        # reshape.
+        channels = ranges["max_var"].shape.num_elements()
+        flat = tf.reshape(kernel, [-1, channels])
+        clipped = tf.reshape(tf.clip_by_value(flat, ranges["min_var"], ranges["max_var"]),
+                             kernel.shape)
         kernel.assign(tf.where(ranges["frozen"], clipped, kernel))
 
 

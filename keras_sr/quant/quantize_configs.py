@@ -1,4 +1,5 @@
-"""QuantizeConfigs of the fused student's layer kinds (Conv2D, Add, DepthToSpace, Concatenate).
+"""QuantizeConfigs of the fused graphs' layer kinds (Conv2D, DepthwiseConv2D, Add, DepthToSpace,
+Concatenate): the student's and the baselines'.
 
 - `ConvQuantizeConfig`: per-channel symmetric int8 kernel, bias rounded to the converter's int32
   grid, and either the activation quantized after the fused ReLU, or (tail) a pinned output range
@@ -6,6 +7,8 @@
   learned range of the linear output; the output rounds like the runtime once linked
   (`keras_sr.quant.quantizers.requantize`). A separate ReLU layer would make tfmot drop the kernel
   fake-quant; the fused activation is required (tfmot_qat.md section 3).
+- `DepthwiseQuantizeConfig`: the same for a DepthwiseConv2D (the "repdw" student), with one weight
+  range per channel of the depthwise kernel.
 - `AddQuantizeConfig`: the sum is quantized (the TFLite ADD has its own output scale), on a learned
   range (the skip Add) or a pinned one (the anchor Add, where [0, 1] is the clip).
 - `NoOpQuantizeConfig`: depth-to-space only moves values; the converter carries the tail's scale
@@ -45,6 +48,12 @@ class ConvQuantizeConfig(_QuantizeConfig):
             float32 requantization, round half to even); needs `bias_rounding`.
     """
 
+    # The layer class, its kernel attribute and the kernel's quantizer (`DepthwiseQuantizeConfig`
+    # overrides them).
+    layer_class = keras.layers.Conv2D
+    kernel_attribute = "kernel"
+    weight_quantizer_class = qz.WeightQuantizer
+
     def __init__(self, per_axis=True, ema_decay=0.999, percentile=100.0, output_range=None,
                  bias_rounding=True, exact_requantization=True):
         if exact_requantization and not bias_rounding:
@@ -56,7 +65,7 @@ class ConvQuantizeConfig(_QuantizeConfig):
         self.output_range = None if output_range is None else tuple(float(v) for v in output_range)
         self.bias_rounding = bool(bias_rounding)
         self.exact_requantization = bool(exact_requantization)
-        self.kernel_quantizer = qz.WeightQuantizer(per_axis=self.per_axis)
+        self.kernel_quantizer = self.weight_quantizer_class(per_axis=self.per_axis)
         self.bias_quantizer = qz.BiasQuantizer() if self.bias_rounding else None
         if self.output_range is None:
             self.activation_quantizer = qz.ActivationQuantizer(self.ema_decay, self.percentile)
@@ -66,8 +75,9 @@ class ConvQuantizeConfig(_QuantizeConfig):
             self.output_quantizer = qz.PinnedRangeQuantizer(*self.output_range)
 
     def _check(self, layer):
-        if not isinstance(layer, keras.layers.Conv2D) or not layer.use_bias:
-            raise ValueError(f"{layer.name}: ConvQuantizeConfig needs a Conv2D with a bias")
+        if not isinstance(layer, self.layer_class) or not layer.use_bias:
+            raise ValueError(f"{layer.name}: {type(self).__name__} needs a "
+                             f"{self.layer_class.__name__} with a bias")
         activation = keras.activations.serialize(layer.activation)
         expected = ("linear",) if self.output_range is not None else ("relu", "linear")
         if activation not in expected:
@@ -77,7 +87,7 @@ class ConvQuantizeConfig(_QuantizeConfig):
 
     def get_weights_and_quantizers(self, layer):
         self._check(layer)
-        pairs = [(layer.kernel, self.kernel_quantizer)]
+        pairs = [(getattr(layer, self.kernel_attribute), self.kernel_quantizer)]
         if self.bias_quantizer is not None:
             pairs.append((layer.bias, self.bias_quantizer))
         return pairs
@@ -88,7 +98,7 @@ class ConvQuantizeConfig(_QuantizeConfig):
         return [(layer.activation, self.activation_quantizer)]
 
     def set_quantize_weights(self, layer, quantize_weights):
-        layer.kernel = quantize_weights[0]
+        setattr(layer, self.kernel_attribute, quantize_weights[0])
         if self.bias_quantizer is not None:
             layer.bias = quantize_weights[1]
 
@@ -125,6 +135,21 @@ class ConvQuantizeConfig(_QuantizeConfig):
                 "output_range": None if self.output_range is None else list(self.output_range),
                 "bias_rounding": self.bias_rounding,
                 "exact_requantization": self.exact_requantization}
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class DepthwiseQuantizeConfig(ConvQuantizeConfig):
+    """DepthwiseConv2D with bias, quantized like `ConvQuantizeConfig` (same arguments).
+
+    The weight ranges are per output channel of the depthwise kernel (its channel axis, not its
+    depth multiplier: `quantizers.DepthwiseWeightQuantizer`), the grid TFLite's int8
+    DEPTHWISE_CONV_2D keeps its filter on; the bias and the output round like the runtime, as a
+    dense conv's (XNNPACK requantizes both the same way).
+    """
+
+    layer_class = keras.layers.DepthwiseConv2D
+    kernel_attribute = "depthwise_kernel"
+    weight_quantizer_class = qz.DepthwiseWeightQuantizer
 
 
 @keras.utils.register_keras_serializable(package="keras_sr")
@@ -240,5 +265,6 @@ class MobileOneQuantizeConfig(_QuantizeConfig):
 
 def custom_objects():
     """Configs and quantizers by registered name, for `quantize_scope`."""
-    classes = (ConvQuantizeConfig, AddQuantizeConfig, NoOpQuantizeConfig, MobileOneQuantizeConfig)
+    classes = (ConvQuantizeConfig, DepthwiseQuantizeConfig, AddQuantizeConfig, NoOpQuantizeConfig,
+               MobileOneQuantizeConfig)
     return {**qz.custom_objects(), **{keras.utils.get_registered_name(c): c for c in classes}}

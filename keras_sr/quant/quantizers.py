@@ -1,8 +1,8 @@
 """Fake-quant quantizers for QAT of the fused student (tfmot 0.8.1, int8 TFLite semantics).
 
 tfmot has no way to freeze a range and models neither the converter's int32 bias rounding nor the
-integer requantization of the runtime, so the QAT graph uses these four quantizers instead of
-tfmot's defaults:
+integer requantization of the runtime, so the QAT graph uses these quantizers instead of tfmot's
+defaults:
 
 - `ActivationQuantizer`: asymmetric per-tensor uint8-style range, an exponential moving average of
   the batch min/max while live. Its decay is a variable (calibration sets it per batch for an exact
@@ -11,7 +11,7 @@ tfmot's defaults:
   reproduces the int8 runtime's requantization bit for bit (`requantize`).
 - `WeightQuantizer`: symmetric, narrow-range ([-127, 127], zero point 0) per-output-channel weights,
   the TFLite int8 weight spec; the range follows the current weights until its `frozen` variable is
-  set.
+  set. `DepthwiseWeightQuantizer`: the same per output channel of a depthwise kernel.
 - `BiasQuantizer`: rounds the bias to the grid the converter stores it on, int32 at scale
   s_in * s_w[c] (input scale times the channel's weight scale), with a straight-through gradient.
 - `PinnedRangeQuantizer`: a fixed range (model input and the tail output, where [0, 1] is the clip);
@@ -58,9 +58,17 @@ def _add_flag(layer, name):
                             trainable=False)
 
 
+def _range_scale(min_var, max_var):
+    # The converter computes a FakeQuant range's scale in float64 and stores it as float32; the
+    # runtime requantizes with that. In float32, max - min can round where float64 is exact (a
+    # range across 0), leaving a scale one bit off that tipped 1 of 248,832 ABPN outputs.
+    width = tf.cast(max_var, tf.float64) - tf.cast(min_var, tf.float64)
+    return tf.cast(width / _ACTIVATION_STEPS, tf.float32)
+
+
 def activation_scale(variables):
     """Scale of an 8-bit asymmetric grid over [min_var, max_var] (the converter's formula)."""
-    return (variables["max_var"] - variables["min_var"]) / _ACTIVATION_STEPS
+    return _range_scale(variables["min_var"], variables["max_var"])
 
 
 def activation_grid(min_var, max_var):
@@ -68,7 +76,7 @@ def activation_grid(min_var, max_var):
 
     The zero point is the uint8 level of 0 (the grid is shifted so that 0 lies on it).
     """
-    scale = (max_var - min_var) / _ACTIVATION_STEPS
+    scale = _range_scale(min_var, max_var)
     zero_point = tf.clip_by_value(tf.round(-min_var / scale), 0.0, _ACTIVATION_STEPS)
     return scale, zero_point, -zero_point * scale, (_ACTIVATION_STEPS - zero_point) * scale
 
@@ -280,6 +288,31 @@ class WeightQuantizer(_Recording, _tfmot_quantizers.LastValueQuantizer):
         return {"per_axis": self.per_axis}
 
 
+def depthwise_channels_last(shape):
+    """(kh, kw, 1, C * M): the layout of a depthwise kernel (kh, kw, C, M) with one axis per
+    output channel c * M + m last, as TFLite stores it ((1, kh, kw, C * M)); a reshape."""
+    kh, kw, channels, multiplier = shape
+    return (kh, kw, 1, channels * multiplier)
+
+
+@keras.utils.register_keras_serializable(package="keras_sr")
+class DepthwiseWeightQuantizer(WeightQuantizer):
+    """`WeightQuantizer` of a depthwise kernel (kh, kw, C, M): one range per output channel.
+
+    A depthwise kernel's output channels are its last two axes (channel c * M + m), so the
+    kernel is fake-quantized in the `depthwise_channels_last` layout and reshaped back. tfmot's
+    own depthwise quantizer takes its per-axis ranges along M alone, one range for the whole
+    kernel when M = 1 (tensorflow/model-optimization #808).
+    """
+
+    def build(self, tensor_shape, name, layer):
+        return super().build(depthwise_channels_last(tensor_shape), name, layer)
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        flat = tf.reshape(inputs, depthwise_channels_last(inputs.shape))
+        return tf.reshape(super().__call__(flat, training, weights, **kwargs), inputs.shape)
+
+
 @keras.utils.register_keras_serializable(package="keras_sr")
 class PinnedRangeQuantizer(_Recording, _Requantizing, _tfmot_quantizers.Quantizer):
     """8-bit asymmetric quantizer with a constant range, e.g. [0, 1] (scale 1/255, zero point 0).
@@ -342,5 +375,6 @@ class BiasQuantizer(_Linked, _tfmot_quantizers.Quantizer):
 
 def custom_objects():
     """The quantizers by registered name, for `quantize_scope`."""
-    classes = (ActivationQuantizer, WeightQuantizer, PinnedRangeQuantizer, BiasQuantizer)
+    classes = (ActivationQuantizer, WeightQuantizer, DepthwiseWeightQuantizer, PinnedRangeQuantizer,
+               BiasQuantizer)
     return {keras.utils.get_registered_name(c): c for c in classes}
