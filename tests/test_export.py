@@ -144,8 +144,10 @@ def test_ptq_export_is_fully_integer_and_close_to_float(qat_run, float_export):
     twin, _ = float_export
     samples = [lr[None].astype(np.float32) / 255 for lr in _lr_images(30, 4, *SHAPE[1:3])]
     blob = tflite_lib.convert_ptq(twin, samples, SHAPE)
-    # The same ops as the QAT export (no CONCATENATION: the default student has no anchor).
-    assert set(tflite_lib.describe(blob)["ops"]) == tflite_lib.INT8_OPS - {"CONCATENATION"}
+    # The same ops as the QAT export (no CONCATENATION: the default student has no anchor; no
+    # DEPTHWISE_CONV_2D: it is dense).
+    assert set(tflite_lib.describe(blob)["ops"]) == tflite_lib.INT8_OPS - {"CONCATENATION",
+                                                                            "DEPTHWISE_CONV_2D"}
     (lr,) = _lr_images(40, 1, *SHAPE[1:3])
     reference = parity.keras_uint8(twin, lr)
     stats = parity.parity_stats(reference, tflite_runner.TFLitePredictor(blob)(lr))
@@ -196,6 +198,7 @@ def test_load_qat_model_and_export_workdir(qat_run, int8_blob, tmp_path):
 
     run = workdir.WorkDir.open(str(run_dir))
     assert run.config.loss == configs.LossConfig() and run.config.qat == configs.QATConfig()
+    assert run.config.model.arch == "student" and not run.config.model.anchor
     loaded = run.load("qat")
     x = qat_run.pairs[2][0]
     np.testing.assert_array_equal(loaded(x, training=False).numpy(),
@@ -242,6 +245,63 @@ def test_anchored_int8_tflite_is_fully_integer_and_matches_keras_qat(anchored_qa
     tricky.get_layer("quant_anchor_add").layer.runtime_rounding = False
     overall = parity.parity_report(tricky, predictor, images)["overall"]
     assert overall["identical"] < 99.0 and overall["max_diff"] == 1, overall
+
+
+# The INT8 graph of each of conftest.ARCH_CONFIGS: every conv (and depthwise conv) one int8 op.
+ARCH_OPS = {
+    "abpn": (["QUANTIZE", "CONCATENATION", "CONCATENATION"] + ["CONV_2D"] * 7
+             + ["ADD", "DEPTH_TO_SPACE", "QUANTIZE"]),
+    "fsrcnn": ["QUANTIZE"] + ["CONV_2D"] * 8 + ["DEPTH_TO_SPACE", "QUANTIZE"],
+    "repdw": (["QUANTIZE", "CONV_2D"] + ["DEPTHWISE_CONV_2D", "CONV_2D"] * 2
+              + ["ADD", "CONV_2D", "DEPTH_TO_SPACE", "QUANTIZE"]),
+}
+ARCH_PARAMETERS = {"abpn": 42_539, "fsrcnn": 24_535,
+                   "repdw": 3 * 9 * 16 + 16 + 2 * (9 * 16 + 16 + 16 * 16 + 16) + 16 * 9 * 27 + 27}
+
+
+def test_int8_tflite_of_every_arch_is_fully_integer_and_matches_keras_qat(arch_qat_run):
+    """ABPN, FSRCNN and the depthwise student export fully int8, bit-identical under XNNPACK."""
+    q_model = arch_qat_run.q_model
+    blob = tflite_lib.convert_qat(q_model, SHAPE)
+    info = tflite_lib.check_int8(blob)
+    assert info["ops"] == ARCH_OPS[arch_qat_run.arch], info["ops"]
+    assert info["parameters"] == arch_qat_run.fused.count_params() == (
+        ARCH_PARAMETERS[arch_qat_run.arch])
+    for tensor in info["inputs"] + info["outputs"]:
+        assert tensor["dtype"] == "uint8" and tensor["zero_point"] == 0
+        assert tensor["scale"] == pytest.approx(1 / 255, rel=1e-6)
+    images = [(f"synthetic{i}", lr) for i, lr in enumerate(_lr_images(60, 3, *SHAPE[1:3]))]
+    overall = parity.parity_report(q_model, tflite_runner.TFLitePredictor(blob), images)["overall"]
+    print(f"{arch_qat_run.arch}: INT8 TFLite (XNNPACK) vs Keras QAT:", overall)
+    assert overall["identical"] == 100.0, overall
+
+
+@pytest.mark.parametrize("arch_qat_run", ["repdw"], indirect=True)
+def test_depthwise_filters_keep_the_qat_models_per_channel_grids(arch_qat_run):
+    """Each depthwise channel's int8 scale is its frozen QAT range / 127, also where that range
+    is wider than the channel's weights (the converter must not re-derive it from them)."""
+    tricky = _copy_qat_model(arch_qat_run.q_model, arch_qat_run.fused)
+    wrapper = tricky.get_layer("quant_block_0_dw")
+    ranges = wrapper.quantize_config.kernel_quantizer.built_vars[0]
+    assert ranges["max_var"].shape == (16,) and bool(ranges["frozen"])  # per channel, phase C
+    widened = ranges["max_var"].numpy() * np.where(np.arange(16) % 2, 1.5, 1.0)
+    ranges["min_var"].assign(-widened)
+    ranges["max_var"].assign(widened)
+    blob = tflite_lib.convert_qat(tricky, SHAPE)
+    interpreter = litert.Interpreter(
+        model_content=blob,
+        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    depthwise = [op for op in interpreter._get_ops_details()
+                 if op["op_name"] == "DEPTHWISE_CONV_2D"]
+    filters = tensors[depthwise[0]["inputs"][1]]
+    assert list(filters["shape"]) == [1, 3, 3, 16]
+    np.testing.assert_allclose(filters["quantization_parameters"]["scales"], widened / 127,
+                               rtol=1e-6)
+    images = [(f"synthetic{i}", lr) for i, lr in enumerate(_lr_images(70, 2, *SHAPE[1:3]))]
+    overall = parity.parity_report(tricky, tflite_runner.TFLitePredictor(blob), images)["overall"]
+    assert overall["identical"] == 100.0, overall
 
 
 def _int8_add_model(ranges, output_range):

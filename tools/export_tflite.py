@@ -13,9 +13,12 @@ weights); --ptq quantizes the fused FP32 model after training with a representat
 ablation).
 
 Writes OUTPUT (.tflite), OUTPUT.savedmodel/ (serving_default: float NHWC RGB in [0, 1] -> the
-model's output in [0, 1]) and OUTPUT.json (IO quantization, op list, parameter count, resolved
-flags). The INT8 export fails with the op list if any float tensor, DEQUANTIZE or unexpected op is
-left. uint8 IO has scale 1/255 and zero point 0: the bytes are pixel values.
+Keras model's output in [0, 1], run as a TF graph; for INT8 that is the QAT graph, within 1 level of
+the INT8 model but not bit-identical to it) and OUTPUT.json (IO quantization, op list, parameter
+count, MACs, resolved flags; for INT8 "bit_identical_kernels", the LiteRT kernel sets with which
+the INT8 model equals the eager Keras QAT model). The INT8 export fails with the op list if any
+float tensor, DEQUANTIZE or unexpected op is left. uint8 IO has scale 1/255 and zero point 0: the
+bytes are pixel values.
 """
 from absl import app, flags
 

@@ -4,15 +4,17 @@
 model a work directory holds (`keras_sr.workdir`), converts it (`tflite_lib`) and writes
 
     OUTPUT.tflite        the fixed-shape model
-    OUTPUT.savedmodel/   serving_default: float NHWC RGB in [0, 1] -> the model's output in [0, 1]
-    OUTPUT.json          ops, IO quantization, parameter count, source checkpoint, settings
+    OUTPUT.savedmodel/   serving_default: float NHWC RGB in [0, 1] -> the Keras model's output in
+                         [0, 1], run as a TF graph (for INT8: within 1 level of it, not bit-identical)
+    OUTPUT.json          ops, IO quantization, parameter count, MACs, source checkpoint, settings,
+                         and for INT8 the kernel sets of the bit-identity claim ("bit_identical_kernels")
 """
 import numpy as np
 import tensorflow as tf
 
 from keras_sr.common import fileio
 from keras_sr.data import sources
-from keras_sr.export import tflite_lib
+from keras_sr.export import parity, tflite_lib
 from keras_sr.workdir import WorkDir
 
 KINDS = ("int8", "float", "ptq")
@@ -22,10 +24,11 @@ def save_serving_model(model, path):
     """Writes `model` (training=False) as a SavedModel, atomically (a temp dir, then a rename).
 
     Its `serving_default` signature maps "lr": float32 (B, H, W, 3) RGB in [0, 1] to "sr":
-    (B, 3H, 3W, 3); for the QAT model that is its output on the 1/255 grid of [0, 1], computed
-    with the runtime's rounding. It runs as a graph, which on some CPUs rounds a few ties one level
-    differently from the eager QAT model; it meets the parity claim (`keras_sr.export.parity`),
-    it is not promised to be bit-identical to the INT8 model.
+    (B, 3H, 3W, 3). For the QAT model this twin is the QAT Keras graph in graph mode: it rounds
+    like the INT8 model except where graph-mode float rounding differs (graph optimizations
+    change the float arithmetic in front of each rounding), so it agrees with the INT8 model
+    within 1 level but is not bit-identical to it (measured shares: `keras_sr.export.parity`).
+    `keras-sr-parity --tflite=PATH.tflite` reports its agreement.
     """
     module = tf.Module()
     # The variables (weights, ranges, freeze flags, decays) are attached explicitly: the function
@@ -36,6 +39,21 @@ def save_serving_model(model, path):
                                                               name="lr")])
     with fileio.atomic_directory(path) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+
+
+def load_serving_model(path):
+    """The SavedModel twin at `path` as a callable like a Keras model: f(x, training=False).
+
+    x: float32 (B, H, W, 3) RGB in [0, 1]; returns the "sr" output of `serving_default`.
+    """
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+
+    def call(x, training=False):
+        if training:
+            raise ValueError("a SavedModel twin runs in inference mode only")
+        return serve(lr=tf.convert_to_tensor(x, tf.float32))["sr"]
+
+    return call
 
 
 def write_export(blob, output, keras_model, metadata=None):
@@ -97,4 +115,8 @@ def export_workdir(workdir, output, input_shape=tflite_lib.DEFAULT_INPUT_SHAPE, 
     info = {"kind": kind, "io": "float32" if kind == "float" else io,
             "input_shape": list(input_shape), "checkpoint": run.checkpoint, "stage": run.stage,
             "model": run.config.model.to_dict(), **(metadata or {})}
+    if kind == "int8":
+        # Export does not run parity; this names the kernels the QAT model's bit identity holds
+        # for (`keras-sr-parity --kernels=...` measures it).
+        info["bit_identical_kernels"] = list(parity.BIT_IDENTICAL_KERNELS)
     return write_export(blob, output, model, info)

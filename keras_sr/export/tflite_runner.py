@@ -1,9 +1,16 @@
-"""Running and timing .tflite SR models with the LiteRT interpreter (XNNPACK kernels by default)."""
+"""Running and timing .tflite SR models with the LiteRT interpreter (XNNPACK kernels by default).
+
+Kernel sets (`KERNELS`): "xnnpack" is LiteRT's default (the XNNPACK delegate takes every op it
+supports), the one the QAT model rounds like; "builtin" is LiteRT's own CPU kernels without
+any delegate (`OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`), which requantize differently.
+"""
 import os
 import time
 
 import numpy as np
 from ai_edge_litert import interpreter as litert
+
+KERNELS = ("xnnpack", "builtin")
 
 
 def _read_model(model):
@@ -16,14 +23,28 @@ def _read_model(model):
         return f.read()
 
 
+def make_interpreter(model, num_threads=None, kernels="xnnpack"):
+    """A LiteRT interpreter of a .tflite path or bytes with the kernel set `kernels` (`KERNELS`).
+
+    Args:
+        model: path of a .tflite file, or its bytes.
+        num_threads: CPU threads (None: LiteRT's default).
+        kernels: "xnnpack" (the default delegate) or "builtin" (no delegate).
+    """
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    resolver = (litert.OpResolverType.AUTO if kernels == "xnnpack"
+                else litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return litert.Interpreter(model_content=_read_model(model), num_threads=num_threads,
+                              experimental_op_resolver_type=resolver)
+
+
 def builtin_interpreter(blob):
     """An interpreter with LiteRT's builtin kernels and no XNNPACK delegate.
 
     Its op list is then the model's own, not the delegate's (for inspecting a model).
     """
-    return litert.Interpreter(
-        model_content=blob,
-        experimental_op_resolver_type=litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    return make_interpreter(blob, kernels="builtin")
 
 
 def receptive_radius(blob):
@@ -83,11 +104,12 @@ class TFLitePredictor:
         model: path of a .tflite file, or its bytes.
         num_threads: CPU threads for the interpreter (and XNNPACK).
         margin: overlap margin in LR pixels (None: receptive radius + 2).
+        kernels: the kernel set, "xnnpack" or "builtin" (`KERNELS`).
     """
 
-    def __init__(self, model, num_threads=2, margin=None):
+    def __init__(self, model, num_threads=2, margin=None, kernels="xnnpack"):
         blob = _read_model(model)
-        self._interpreter = litert.Interpreter(model_content=blob, num_threads=num_threads)
+        self._interpreter = make_interpreter(blob, num_threads, kernels)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.dynamic = any(int(d) < 0 for d in self._input["shape_signature"][1:3])
@@ -165,18 +187,42 @@ class TFLitePredictor:
         return sr
 
 
-def benchmark_tflite(path_or_bytes, num_threads=2, runs=10, warmup=2, input_shape=None):
-    """Median latency in ms of one `invoke()` on random input (XNNPACK, `num_threads` threads).
+def latency_stats(run_once, runs=10, warmup=2, timer=time.perf_counter):
+    """Times `run_once()`: `warmup` untimed calls, then `runs` timed ones.
 
     Args:
-        path_or_bytes: the .tflite model.
-        num_threads: interpreter threads.
-        runs: timed runs (the median is returned).
-        warmup: untimed runs first.
-        input_shape: NHWC shape for a dynamic-shape model (ignored for fixed shapes).
+        run_once: the callable to time (no arguments).
+        runs: timed calls (at least 1).
+        warmup: untimed calls first (first-call allocation, XNNPACK packing its weights, caches).
+        timer: seconds as a float (tests pass a fake one).
+
+    Returns:
+        dict: "median_ms", "min_ms", "max_ms" over the timed calls, "runs", "warmup".
     """
-    interpreter = litert.Interpreter(model_content=_read_model(path_or_bytes),
-                                     num_threads=num_threads)
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    for _ in range(warmup):
+        run_once()
+    times = []
+    for _ in range(runs):
+        start = timer()
+        run_once()
+        times.append(1000.0 * (timer() - start))
+    return {"median_ms": float(np.median(times)), "min_ms": float(min(times)),
+            "max_ms": float(max(times)), "runs": runs, "warmup": warmup}
+
+
+def time_tflite(model, num_threads=2, runs=10, warmup=2, input_shape=None, kernels="xnnpack"):
+    """`latency_stats` of one `invoke()` of a .tflite model on random input.
+
+    Args:
+        model: path of a .tflite file, or its bytes.
+        num_threads: interpreter threads.
+        runs, warmup: see `latency_stats`.
+        input_shape: NHWC shape for a dynamic-shape model (ignored for fixed shapes).
+        kernels: "xnnpack" or "builtin" (`KERNELS`).
+    """
+    interpreter = make_interpreter(model, num_threads, kernels)
     detail = interpreter.get_input_details()[0]
     if any(int(d) < 0 for d in detail["shape_signature"]):
         if input_shape is None:
@@ -191,10 +237,17 @@ def benchmark_tflite(path_or_bytes, num_threads=2, runs=10, warmup=2, input_shap
         info = np.iinfo(detail["dtype"])
         x = rng.integers(info.min, info.max + 1, detail["shape"]).astype(detail["dtype"])
     interpreter.set_tensor(detail["index"], x)
-    times = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        if i >= warmup:
-            times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times))
+    return latency_stats(interpreter.invoke, runs, warmup)
+
+
+def benchmark_tflite(path_or_bytes, num_threads=2, runs=10, warmup=2, input_shape=None):
+    """Median latency in ms of one `invoke()` on random input (XNNPACK, `num_threads` threads).
+
+    Args:
+        path_or_bytes: the .tflite model.
+        num_threads: interpreter threads.
+        runs: timed runs (the median is returned).
+        warmup: untimed runs first.
+        input_shape: NHWC shape for a dynamic-shape model (ignored for fixed shapes).
+    """
+    return time_tflite(path_or_bytes, num_threads, runs, warmup, input_shape)["median_ms"]
