@@ -12,7 +12,7 @@ import pytest
 from absl import app, flags
 from conftest import Killed, kill_before_step, require_shared, run_tool
 
-from keras_sr import evaluate, workdir
+from keras_sr import configs, evaluate, models, workdir
 from keras_sr.export import tflite_lib
 
 
@@ -100,6 +100,29 @@ def test_train_validates_its_flags_before_writing_anything(tiny_data, tmp_path):
     with pytest.raises(flags.IllegalFlagValueError, match="value should be one of"):
         run_tool("train", "--config=huge", f"--workdir={target}", f"--train_records={records}")
     assert not target.exists()
+
+
+def test_train_arch_trains_a_baseline_through_stage3_and_export(tiny_data, tmp_path):
+    """--arch=abpn: Stage 1 builds ABPN at its paper's sizes; Stage 3 and export take it from there."""
+    records, _ = tiny_data
+    common = ["--config=smoke", f"--train_records={records}"]
+    run_tool("train", "--stage=1", "--arch=abpn", f"--workdir={tmp_path / 's1'}", *common)
+    stage1 = workdir.WorkDir.open(tmp_path / "s1")
+    assert stage1.config.model == configs.ModelConfig.for_arch("abpn")
+    assert models.student_config(stage1.load("training"))["arch"] == "abpn"
+    run_tool("train", "--stage=3", f"--init_from={tmp_path / 's1'}", f"--workdir={tmp_path / 's3'}",
+             *common)
+    output = tmp_path / "abpn.tflite"
+    run_tool("export_tflite", f"--workdir={tmp_path / 's3'}", f"--output={output}",
+             "--input_shape=1,16,16,3")
+    info = tflite_lib.check_int8(output.read_bytes())
+    assert info["parameters"] == 42_539 and info["ops"].count("CONV_2D") == 7
+    with pytest.raises(app.UsageError, match="--arch applies to --stage=1 only"):
+        run_tool("train", "--stage=3", "--arch=abpn", f"--workdir={tmp_path / 'x'}", *common)
+    with pytest.raises(app.UsageError, match="arch 'abpn' is plain convolutions"):
+        run_tool("train", "--stage=1", "--arch=abpn", "--block_type=mobileone",
+                 f"--workdir={tmp_path / 'x'}", *common)
+    assert not (tmp_path / "x").exists()
 
 
 def test_evaluate_binary_writes_json_and_table(tmp_path, capsys):

@@ -25,6 +25,9 @@ _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.d
 _STEPS = flags.DEFINE_integer("steps", None, "Override the config's number of steps.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override the config's global batch size.")
 _LR = flags.DEFINE_float("learning_rate", None, "Override the config's peak learning rate.")
+_ARCH = flags.DEFINE_enum("arch", None, sorted(configs.ARCHS),
+                          "Stage 1: the network: the student (the config's), or the baseline abpn or "
+                          "fsrcnn at its paper's sizes; later stages take the model of --init_from.")
 _BLOCK_TYPE = flags.DEFINE_enum("block_type", None, sorted(configs.BLOCK_TYPES),
                                 "Stage 1: the student's block type (Stages 2 and 3 take the model "
                                 "of --init_from).")
@@ -74,19 +77,22 @@ def resolved_config():
         raise app.UsageError("--loss_* flags apply to the Stage-2 loss (Stages 2 and 3)")
     if qat and config.stage != 3:
         raise app.UsageError("--qat_* flags apply to --stage=3 only")
-    if _BLOCK_TYPE.value and config.stage != 1:
-        raise app.UsageError("--block_type applies to --stage=1 only (later stages take the model "
-                             "of --init_from)")
-    if _ANCHOR.value is not None and config.stage != 1:
-        raise app.UsageError("--anchor applies to --stage=1 only (later stages take the model of "
-                             "--init_from)")
-    model = config.model.replace(block_type=_BLOCK_TYPE.value) if _BLOCK_TYPE.value else config.model
-    if _ANCHOR.value is not None:
-        model = model.replace(anchor=_ANCHOR.value)
+    for name, value in (("arch", _ARCH.value), ("block_type", _BLOCK_TYPE.value),
+                        ("anchor", _ANCHOR.value)):
+        if value is not None and config.stage != 1:
+            raise app.UsageError(f"--{name} applies to --stage=1 only (later stages take the "
+                                 "model of --init_from)")
+    model_fields = {k: v for k, v in (("block_type", _BLOCK_TYPE.value), ("anchor", _ANCHOR.value))
+                    if v is not None}
     overrides = {"steps": _STEPS.value, "batch_size": _BATCH.value, "learning_rate": _LR.value,
                  "time_budget_minutes": _BUDGET.value, "fuse_at": _FUSE_AT.value,
                  "seed": _SEED.value}
     try:
+        model = config.model
+        if _ARCH.value is not None and _ARCH.value != model.arch:
+            # A baseline at its paper's sizes (its own defaults, not the student's).
+            model = configs.ModelConfig.for_arch(_ARCH.value, scale=model.scale)
+        model = model.replace(**model_fields)
         return config.replace(model=model, loss=config.loss.replace(**loss),
                               qat=config.qat.replace(**qat),
                               **{k: v for k, v in overrides.items() if v is not None})

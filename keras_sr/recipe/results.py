@@ -8,10 +8,9 @@ import math
 import os
 import time
 
-import cv2
 import numpy as np
 
-from keras_sr import evaluate, report
+from keras_sr import benchmark, evaluate, report
 from keras_sr.common import image_io, machine, record_schema
 from keras_sr.data.benchmark import load_benchmark, lr_path
 from keras_sr.export import parity, tflite_lib, tflite_runner
@@ -21,22 +20,10 @@ from keras_sr.workdir import WorkDir
 LATENCY_THREADS = 2
 
 
-def _opencv_bicubic_ms(input_shape, scale=3, runs=10):
-    """Median ms of OpenCV's INTER_CUBIC x`scale` on one uint8 image of `input_shape` (NHWC)."""
-    image = np.random.default_rng(0).integers(0, 256, input_shape[1:], dtype=np.uint8)
-    size = (input_shape[2] * scale, input_shape[1] * scale)
-    times = []
-    for _ in range(runs + 1):
-        start = time.perf_counter()
-        cv2.resize(image, size, interpolation=cv2.INTER_CUBIC)
-        times.append(1000.0 * (time.perf_counter() - start))
-    return float(np.median(times[1:]))
-
-
 def _model_facts(spec, input_shape):
     """(parameters, file bytes, latency ms) of a model spec; None where it does not apply."""
     if spec == "bicubic":
-        return None, None, _opencv_bicubic_ms(input_shape)
+        return None, None, benchmark.opencv_bicubic(input_shape, LATENCY_THREADS)["median_ms"]
     if spec.endswith(".tflite"):
         with open(spec, "rb") as f:
             blob = f.read()
