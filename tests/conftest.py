@@ -241,7 +241,9 @@ ARCH_CONFIGS = {
 }
 
 
-@pytest.fixture(scope="session", params=sorted(ARCH_CONFIGS))
+# FSRCNN's parity tests are slow-marked (about 25 s); ABPN and repdw run by default.
+@pytest.fixture(scope="session", params=[pytest.param(name, marks=pytest.mark.slow) if name == "fsrcnn"
+                                        else name for name in sorted(ARCH_CONFIGS)])
 def arch_qat_run(request):
     """`small_qat_run` of each of `ARCH_CONFIGS` (the attribute `arch` names it)."""
     run = small_qat_run(ARCH_CONFIGS[request.param], seed=2, learning_rate=3e-4, float_steps=60)

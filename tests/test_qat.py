@@ -413,6 +413,8 @@ def test_anchored_stage3_workdir_loads_every_form(anchored_qat_run, tmp_path):
     assert np.abs(diff).mean() < 2 / 255, np.abs(diff).mean()
 
 
+# Slow (over 10 s on a fast 2-core CPU): kept out of the default run (`--run-slow`).
+@pytest.mark.slow
 def test_multibranch_qat_with_the_anchor():
     """The multi-branch ablation quantizes an anchored student too and fuses it after QAT."""
     keras.utils.set_random_seed(5)

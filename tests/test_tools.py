@@ -102,6 +102,8 @@ def test_train_validates_its_flags_before_writing_anything(tiny_data, tmp_path):
     assert not target.exists()
 
 
+# Slow (over 10 s on a fast 2-core CPU): kept out of the default run (`--run-slow`).
+@pytest.mark.slow
 def test_train_arch_trains_a_baseline_through_stage3_and_export(tiny_data, tmp_path):
     """--arch=abpn: Stage 1 builds ABPN at its paper's sizes; Stage 3 and export take it from there."""
     records, _ = tiny_data
