@@ -396,17 +396,26 @@ def test_anchored_qat_graph(anchored_qat_run):
     np.testing.assert_allclose(y * 255.0, np.round(y * 255.0), atol=1e-4)
 
 
-def test_anchored_stage3_workdir_loads_every_form(anchored_qat_run, tmp_path):
-    """qat_checkpoint_model rebuilds the anchored QAT graph; the float twin keeps the anchor."""
-    run_config = configs.TrainConfig(stage=3, model=anchored_qat_run.model_config, qat=QAT_CONFIG)
+def _reloaded_stage3_run(run, tmp_path):
+    """Saves a `small_qat_run` as a Stage-3 work directory and loads it back from config.json.
+
+    Returns:
+        (input batch, the reloaded "qat" model, its "float_twin"); the reloaded QAT model is
+        checked to equal the saved one exactly.
+    """
+    run_config = configs.TrainConfig(stage=3, model=run.model_config, qat=QAT_CONFIG)
     fileio.write_json(os.fspath(tmp_path / workdir.CONFIG), run_config.to_dict())
-    tf.train.Checkpoint(model=anchored_qat_run.q_model).save(
-        os.fspath(tmp_path / workdir.CHECKPOINTS / "ckpt"))
-    x = anchored_qat_run.pairs[1][0]
+    tf.train.Checkpoint(model=run.q_model).save(os.fspath(tmp_path / workdir.CHECKPOINTS / "ckpt"))
+    x = run.pairs[1][0]
     loaded = workdir.load(os.fspath(tmp_path), "qat")
     np.testing.assert_array_equal(loaded(x, training=False).numpy(),
-                                  anchored_qat_run.q_model(x, training=False).numpy())
-    twin = workdir.load(os.fspath(tmp_path), "float_twin")
+                                  run.q_model(x, training=False).numpy())
+    return x, loaded, workdir.load(os.fspath(tmp_path), "float_twin")
+
+
+def test_anchored_stage3_workdir_loads_every_form(anchored_qat_run, tmp_path):
+    """qat_checkpoint_model rebuilds the anchored QAT graph; the float twin keeps the anchor."""
+    x, loaded, twin = _reloaded_stage3_run(anchored_qat_run, tmp_path)
     assert models.student_config(twin)["anchor"]
     # The twin holds the latent weights: it follows the fake-quant model up to quantization noise.
     diff = twin(x, training=False).numpy() - loaded(x, training=False).numpy()
@@ -550,15 +559,7 @@ def test_every_arch_quantizes_like_the_student(arch_qat_run):
 
 def test_stage3_workdir_of_every_arch_loads_every_form(arch_qat_run, tmp_path):
     """Checkpoints are rebuilt from config.json: the QAT model and the float twin of its arch."""
-    run_config = configs.TrainConfig(stage=3, model=arch_qat_run.model_config, qat=QAT_CONFIG)
-    fileio.write_json(os.fspath(tmp_path / workdir.CONFIG), run_config.to_dict())
-    tf.train.Checkpoint(model=arch_qat_run.q_model).save(
-        os.fspath(tmp_path / workdir.CHECKPOINTS / "ckpt"))
-    x = arch_qat_run.pairs[1][0]
-    loaded = workdir.load(os.fspath(tmp_path), "qat")
-    np.testing.assert_array_equal(loaded(x, training=False).numpy(),
-                                  arch_qat_run.q_model(x, training=False).numpy())
-    twin = workdir.load(os.fspath(tmp_path), "float_twin")
+    x, loaded, twin = _reloaded_stage3_run(arch_qat_run, tmp_path)
     kwargs = models.student_config(twin)
     assert kwargs.get("arch", "student") == arch_qat_run.model_config.arch
     # The twin holds the latent weights, and follows the fake-quant model up to quantization noise.
