@@ -6,6 +6,8 @@ run halfway and resumes it, then exports and checks the INT8 model of that run.
 """
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -163,3 +165,20 @@ def test_benchmark_binary_times_the_input_pipeline(tmp_path, capsys):
     assert written["flags"]["only"] == ["pipeline"] and list(written["results"]) == ["pipeline"]
     assert written["results"]["pipeline"]["examples_per_s"] > 0
     assert "[pipeline]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tool, args, message", [
+    ("prepare_data", ["--source=builtin:val"], "--output"),
+    ("upscale", ["--input=missing.png", "--output=out.png", "--model=missing.tflite"],
+     "missing.tflite"),
+])
+def test_a_bad_command_line_gets_one_line_and_exit_status_2(tool, args, message, tmp_path):
+    """`cli.run_main`: flag errors and usage errors print one line (no traceback) and exit 2."""
+    proc = subprocess.run([sys.executable, "-m", f"keras_sr_tools.{tool}", *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"{tool}.py: error:" in last or "error:" in last, last
+    assert message in last, last
+    assert not any(tmp_path.iterdir())  # nothing written
