@@ -1,6 +1,6 @@
 """Speed measurements reported by `tools/benchmark.py` (targets live there, not in tests).
 
-Training: `student_train_rates`. TFLite (`tflite_benchmark`): LiteRT latency of INT8 and FP32
+Training step rates live in `keras_sr.train.speed`. TFLite (`tflite_benchmark`): LiteRT latency of INT8 and FP32
 models (XNNPACK; INT8 also with the builtin kernels), their MACs per frame and GMAC/s against the
 CPU's int8 ceiling (`ceiling_model` stacks timed the same way), builtin-vs-XNNPACK agreement,
 OpenCV bicubic, and the target ratios (`headline_ratios`); `to_markdown` renders a run. Models
@@ -8,84 +8,14 @@ are untrained unless a Stage-3 work directory is given: speed does not depend on
 kernel agreement and PSNR do.
 """
 import dataclasses
-import time
 
 import cv2
 import numpy as np
-import tensorflow as tf
 import tf_keras as keras
 
 from keras_sr import evaluate, models, quant, workdir
 from keras_sr.configs import ModelConfig, QATConfig
 from keras_sr.export import parity, tflite_lib, tflite_runner
-
-
-def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5,
-                           jit_compile=False):
-    """Adam + L1 steps per second of `model` on random [0,1] batches (data loading excluded).
-
-    Args:
-        model: a student (any form); its weights are changed by the measurement.
-        batch_size, lr_patch: batch shape (B, lr_patch, lr_patch, 3).
-        steps: timed steps, after `warmup` untimed ones (which include tracing).
-        jit_compile: XLA-compile the forward/backward pass (`TrainConfig.jit_compile`).
-    """
-    scale = model.output_shape[1] // model.input_shape[1] if model.input_shape[1] else 3
-    rng = np.random.default_rng(0)
-    lr = tf.constant(rng.random((batch_size, lr_patch, lr_patch, 3), np.float32))
-    hr = tf.constant(rng.random((batch_size, lr_patch * scale, lr_patch * scale, 3), np.float32))
-    optimizer = keras.optimizers.Adam(1e-4)
-
-    @tf.function(jit_compile=jit_compile)
-    def forward_backward():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(tf.abs(model(lr, training=True) - hr))
-        return tape.gradient(loss, model.trainable_variables), loss
-
-    @tf.function
-    def step():
-        grads, loss = forward_backward()
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
-
-    for _ in range(warmup):
-        step().numpy()
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    loss.numpy()
-    return steps / (time.perf_counter() - start)
-
-
-# The training forms measured against the deploy form: the paper's BN MobileOne, its online
-# (OREPA) forms with and without BN, RepConv, and the plain network (a deploy graph trained as
-# it is).
-TRAINING_FORMS = ("mobileone", "mobileone_online", "mobileone_linear", "repconv", "plain")
-
-
-def student_train_rates(model_config=None, block_types=TRAINING_FORMS, **kwargs):
-    """Train-step rates of each training form and of the fused deploy form, in one process.
-
-    Args:
-        model_config: the `ModelConfig` of the student (default: the paper's); its block type is
-            replaced by each of `block_types`.
-        block_types: training forms to time.
-        **kwargs: `train_steps_per_second` arguments.
-
-    Returns:
-        dict: "deploy_form_steps_per_s", and for each block type "<type>_steps_per_s" and
-        "<type>_ratio_to_deploy" (its rate over the deploy form's).
-    """
-    model_config = model_config or ModelConfig()
-    deploy = train_steps_per_second(models.build_student(model_config, reparameterized=True),
-                                    **kwargs)
-    rates = {"deploy_form_steps_per_s": deploy}
-    for block_type in block_types:
-        rate = train_steps_per_second(models.build_student(model_config, block_type=block_type),
-                                      **kwargs)
-        rates[f"{block_type}_steps_per_s"] = rate
-        rates[f"{block_type}_ratio_to_deploy"] = rate / deploy
-    return rates
 
 
 # --------------------------------------------------------------------------------------------------

@@ -244,3 +244,19 @@ def test_parity_binary_kernels_and_savedmodel_twin(tiny_int8, tmp_path):
     twin = xnnpack["savedmodel"]
     assert twin["path"] == str(output)[:-len(".tflite")] + ".savedmodel"
     assert twin["within_1"] == 100.0 and twin["max_diff"] <= 1 and 0 < twin["identical"] <= 100
+
+
+def test_train_rates_time_every_form_in_turn():
+    """Interleaved rounds: every form gets a rate and a ratio; plain is the deploy graph itself."""
+    from keras_sr.configs import ModelConfig
+    from keras_sr.train import speed
+
+    rates = speed.student_train_rates(ModelConfig(channels=4, num_blocks=1, num_branches=2),
+                                      block_types=("plain", "mobileone_linear"), steps=3,
+                                      warmup=1, rounds=2, batch_size=2, lr_patch=8)
+    assert set(rates) == {"deploy_form_steps_per_s", "plain_steps_per_s",
+                          "mobileone_linear_steps_per_s", "plain_ratio_to_deploy",
+                          "mobileone_linear_ratio_to_deploy"}
+    assert all(np.isfinite(v) and v > 0 for v in rates.values())
+    assert rates["plain_ratio_to_deploy"] == pytest.approx(
+        rates["plain_steps_per_s"] / rates["deploy_form_steps_per_s"])

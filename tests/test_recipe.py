@@ -6,6 +6,7 @@ import math
 import pathlib
 
 import cv2
+import numpy as np
 import pytest
 from absl import app
 from conftest import browser_check, require_shared, run_tool
@@ -135,3 +136,10 @@ def test_teacher_checkpoint_runs_the_precompute_inside_the_job(tiny_data, tmp_pa
     rows = {row["model"]: row for row in metrics["sets"][0]["rows"]}
     assert list(rows) == ["bicubic", "teacher", "fp32", "qat", "int8"]
     assert 0.0 < rows["teacher"]["psnr_y"] < rows["bicubic"]["psnr_y"]  # random weights
+
+
+def test_speed_probe_times_the_jobs_student():
+    from keras_sr.recipe import job
+
+    rate = job._speed_probe(job_configs.SMOKE, steps=2)
+    assert np.isfinite(rate) and rate > 0

@@ -76,7 +76,9 @@ flags.register_validator("tflite", lambda v: all("=" in t and t.split("=", 1)[1]
 
 
 def bench_train():
-    return benchmark.student_train_rates(steps=_STEPS.value)
+    from keras_sr.train import speed
+
+    return speed.student_train_rates(steps=_STEPS.value)
 
 
 def bench_pipeline():

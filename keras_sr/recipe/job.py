@@ -21,13 +21,13 @@ import time
 
 from absl import logging
 
-from keras_sr import benchmark, configs, data, models
+from keras_sr import configs, data, models
 from keras_sr.common import fileio
 from keras_sr.configs import job as job_configs
 from keras_sr.export import files, tflite_lib
 from keras_sr.recipe import results
 from keras_sr.recipe.progress import JobProgress
-from keras_sr.train import lib
+from keras_sr.train import lib, speed
 
 JOB_FILE = "job.json"
 INT8_MODEL, FP32_MODEL = job_configs.INT8_MODEL, job_configs.FP32_MODEL
@@ -175,7 +175,7 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
         part("teacher", teacher)
 
     # The machine's speed, measured in its first seconds, sizes what follows training.
-    speed = part("speed", lambda: _speed_probe(job)) if budget else None
+    probe_rate = part("speed", lambda: _speed_probe(job)) if budget else None
     previous = None
     for i, stage in enumerate(train_stages):
         number = int(stage[-1])
@@ -183,7 +183,7 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
         if number == 1 and job.model is not None:
             stage_config = stage_config.replace(model=job.model)
         if budget:
-            remaining = deadline - time.time() - job.tail_seconds(speed)
+            remaining = deadline - time.time() - job.tail_seconds(probe_rate)
             seconds = job.stage_seconds(stage, remaining, train_stages[i:])
             stage_config = stage_config.replace(time_budget_minutes=max(seconds, 1.0) / 60.0)
         stage_dir = os.path.join(workdir, stage)
@@ -216,7 +216,7 @@ def _speed_probe(job, steps=10):
     """Train steps/s of the job's Stage-1 student on this machine (a few seconds)."""
     stage_config = configs.get_config(1, job.stage_config)
     model = models.build_student(job.model or stage_config.model)
-    return benchmark.train_steps_per_second(model, stage_config.batch_size, stage_config.lr_patch,
+    return speed.train_steps_per_second(model, stage_config.batch_size, stage_config.lr_patch,
                                             steps=steps, warmup=2)
 
 
