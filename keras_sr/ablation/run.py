@@ -1,6 +1,6 @@
 """Runs (or resumes) the paper's three ablation tables (`keras-sr-ablate`).
 
-    WORKDIR/ablation.json          the settings and every part done (`ledger`)
+    WORKDIR/ablation.json          the settings and every part done (`keras_sr.common.ledger`)
     WORKDIR/records/               training records made from the config's train_source
                                    (without --train_records)
     WORKDIR/eval/                  the evaluation set in the EDSR benchmark layout
@@ -23,11 +23,12 @@ from absl import logging
 
 from keras_sr import data
 from keras_sr.ablation import cells, tables
-from keras_sr.ablation.ledger import Ledger
+from keras_sr.common.ledger import Ledger
 from keras_sr.common import record_schema
 from keras_sr.configs import ablation as ablation_configs
 from keras_sr.export import tflite_lib
 
+STATE_FILE = "ablation.json"
 NO_TEACHER = ("no --teacher_records given: Stage 3 with the teacher needs the teacher's outputs "
               "for the training records (keras-sr-precompute-teacher, README \"The teacher and "
               "Stage 2\")")
@@ -57,13 +58,10 @@ def check_inputs(train_records=None, eval_data="builtin:val", teacher_records=No
     elif not os.path.isdir(os.path.join(calibration_data, "HR")):
         raise BadInput(f"--calibration_data={calibration_data}: neither builtin:train|val nor "
                          "an EDSR-layout folder (HR/ + LR_bicubic/X3/)")
-    for flag, spec in named:
-        if spec.startswith("tfds:"):
-            continue  # listing a TFDS set may download it; preparing it reports its errors
-        try:
-            data.parse_source(spec)
-        except (ValueError, OSError) as e:
-            raise BadInput(f"{flag}={spec}: {e}") from None
+    try:
+        data.check_sources(named)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
 
 
 class _Ablation:
@@ -201,7 +199,8 @@ def run_ablation(workdir, config="cpu", train_records=None, eval_data=None, teac
     input_shape = ablation.input_shape or tflite_lib.DEFAULT_INPUT_SHAPE
     ledger = Ledger(workdir, {"config": config, "ablation": ablation.to_dict(),
                               "train_records": train_records, "eval_data": spec,
-                              "teacher_records": teacher_records, "calibration_data": calibration})
+                              "teacher_records": teacher_records, "calibration_data": calibration},
+                    STATE_FILE, "an ablation")
     records = train_records or os.path.join(workdir, "records")
     eval_dir = os.path.join(workdir, "eval")
 

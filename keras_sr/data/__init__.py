@@ -6,12 +6,12 @@ Importing this package does not import TensorFlow (tools/prepare_data.py runs wi
 from keras_sr.data.benchmark import load_benchmark, write_benchmark_layout
 from keras_sr.data.matlab_resize import matlab_downscale, matlab_upscale, modcrop
 from keras_sr.data.prepare import prepare_benchmark, prepare_records
-from keras_sr.data.sources import parse_source
+from keras_sr.data.sources import check_sources, parse_source
 
 _PIPELINE = ("make_train_dataset", "pipeline_throughput")
 
 __all__ = ["load_benchmark", "write_benchmark_layout", "matlab_downscale", "matlab_upscale",
-           "modcrop", "parse_source", "prepare_benchmark", "prepare_records", *_PIPELINE]
+           "modcrop", "check_sources", "parse_source", "prepare_benchmark", "prepare_records", *_PIPELINE]
 
 
 def __getattr__(name):

@@ -211,3 +211,22 @@ def load_lr_images(data, scale=3):
         return [(name, matlab_resize.matlab_downscale(matlab_resize.modcrop(hr, scale), scale))
                 for name, hr in builtin.load_split(data[len("builtin:"):])]
     return [(name, image_io.to_rgb(lr)) for name, lr, _, _ in benchmark.load_benchmark(data, scale)]
+
+
+def check_sources(named):
+    """Lists every source before a job writes anything.
+
+    Args:
+        named: (flag, source spec) pairs; `tfds:` specs are left out (listing one may download
+            it; preparing it reports its errors).
+
+    Raises:
+        ValueError: a source that cannot be used; the message names its flag.
+    """
+    for flag, spec in named:
+        if spec.startswith("tfds:"):
+            continue
+        try:
+            parse_source(spec)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{flag}={spec}: {e}") from None

@@ -22,7 +22,7 @@ import time
 from absl import logging
 
 from keras_sr import configs, data, models
-from keras_sr.common import fileio
+from keras_sr.common import ledger
 from keras_sr.configs import job as job_configs
 from keras_sr.export import files, tflite_lib
 from keras_sr.recipe import results
@@ -33,44 +33,14 @@ JOB_FILE = "job.json"
 INT8_MODEL, FP32_MODEL = job_configs.INT8_MODEL, job_configs.FP32_MODEL
 
 
-class JobMismatch(ValueError):
-    """The work directory holds a job with other settings (the message lists them)."""
-
-
-def _claim(workdir, settings):
-    """Reads WORKDIR/job.json, or starts it; refuses a job with other settings."""
-    path = os.path.join(workdir, JOB_FILE)
-    if os.path.isfile(path):
-        state = fileio.read_json(path)
-        differ = sorted(k for k in set(settings) | set(state["settings"])
-                        if settings.get(k) != state["settings"].get(k))
-        if differ:
-            changes = ", ".join(f"{k}: {state['settings'].get(k)!r} -> {settings.get(k)!r}"
-                                for k in differ)
-            raise JobMismatch(f"{workdir} holds a job with other settings ({changes}); rerun "
-                              "with the same flags to resume it, or use another --workdir")
-        return state
-    os.makedirs(workdir, exist_ok=True)
-    state = {"settings": settings, "done": {}}
-    fileio.write_json(path, state)
-    return state
+# A rerun with other settings in the same work directory is refused with this error.
+JobMismatch = ledger.SettingsMismatch
 
 
 def check_sources(train_source, val_source, eval_data=()):
-    """Lists every source before the job writes anything.
-
-    Raises:
-        ValueError: a source that cannot be used; the message names its flag.
-    """
-    named = [("--train_source", train_source), ("--val_source", val_source),
-             *(("--eval_data", spec) for spec in eval_data)]
-    for flag, spec in named:
-        if spec.startswith("tfds:"):
-            continue  # listing a TFDS set may download it; the job reports its errors later
-        try:
-            data.parse_source(spec)
-        except (ValueError, OSError) as e:
-            raise ValueError(f"{flag}={spec}: {e}") from None
+    """Lists every source of the job before it writes anything (`keras_sr.data.check_sources`)."""
+    data.check_sources([("--train_source", train_source), ("--val_source", val_source),
+                        *(("--eval_data", spec) for spec in eval_data)])
 
 
 def _set_name(spec):
@@ -126,7 +96,7 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
                 "eval_data": list(eval_data), "input_shape": list(input_shape),
                 "strategy": strategy, "time_budget_minutes": job.time_budget_minutes}
     check_sources(train_source, val_source, eval_data)
-    state = _claim(workdir, settings)
+    state = ledger.Ledger(workdir, settings, JOB_FILE, "a job")
     budget = 60.0 * job.time_budget_minutes
     deadline = started + budget if budget else None
     with_teacher = bool(teacher_records or teacher_checkpoint)
@@ -136,14 +106,11 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
     view = JobProgress(parts, deadline)
 
     def part(name, fn, total=None):
-        if name in state["done"]:
-            logging.info("Job: %s already done, skipped.", name)
-            return state["done"][name].get("result")
+        if state.done(name):
+            return state.part(name, fn)  # the recorded result
         view.start(name, total)
         start = time.time()
-        result = fn()
-        state["done"][name] = {"seconds": round(time.time() - start, 2), "result": result}
-        fileio.write_json(os.path.join(workdir, JOB_FILE), state)
+        result = state.part(name, fn)
         view.done(name, time.time() - start)
         return result
 
@@ -206,7 +173,7 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
     report = results.collect(
         workdir, set_dirs, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
                             "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
-        input_shape=tuple(input_shape), parts=state["done"], started=started, flags=run_info,
+        input_shape=tuple(input_shape), parts=state.state["done"], started=started, flags=run_info,
         curves={s: os.path.join(workdir, s) for s in train_stages}, teachers=teachers)
     view.close()
     return report
