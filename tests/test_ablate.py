@@ -109,7 +109,8 @@ class _Died(BaseException):
 
 
 class _FakeUnits:
-    """Fakes of `cells.train_stage`, `export`, `score` and `parity_check` that count their calls.
+    """Fakes of `cells.train_rates`, `train_stage`, `export`, `score` and `parity_check` that
+    count their calls.
 
     `fail` maps a block type to an error its Stage 1 raises; `die_at` names a Stage-3 work
     directory whose training "kills the process".
@@ -131,6 +132,10 @@ class _FakeUnits:
                 "command": cells.train_command(config, variant, workdir, records, init_from,
                                                teacher_records)}
 
+    def train_rates(self, config):
+        self.calls.append(("rates", None))
+        return {f"{b}_steps_per_s": 1.0 + i for i, b in enumerate(config.backbones)}
+
     def export(self, source, output, kind, input_shape, calibration_data=None):
         self.calls.append(("export", output))
         return {"path": output, "kind": kind, "parameters": 1, "bytes": 1,
@@ -149,7 +154,7 @@ class _FakeUnits:
                 "ok": True, "command": f"parity {tflite}"}
 
     def install(self, monkeypatch):
-        for name in ("train_stage", "export", "score", "parity_check"):
+        for name in ("train_rates", "train_stage", "export", "score", "parity_check"):
             monkeypatch.setattr(cells, name, getattr(self, name))
 
 
@@ -182,6 +187,14 @@ def test_failed_cells_say_why_and_the_others_still_run(tiny_data, tmp_path, monk
     assert ("## Equal wall time (Stage 1: 4 min (at most 20,000 steps); Stage 3: 1 min (at most "
             "1,500 steps))") in markdown
     assert backbone["seed"] == 0 and backbone["command"].startswith("keras-sr-ablate ")
+    # Equal time: each row's Stage 1 trains 4 minutes at its measured rate (1 + its index).
+    for i, row in enumerate(backbone["rows"]):
+        time_cell = row["cells"]["time"]
+        if time_cell["status"] == "done":
+            assert time_cell["steps"]["stage1"] == 240 * (1 + i)
+            assert time_cell["configs"]["stage1"]["time_budget_minutes"] == 0
+            assert time_cell["configs"]["stage3"]["time_budget_minutes"] == 1
+    assert "(pure training compute, steps/s: repconv 1.00, repdw 2.00, mobileone 3.00," in markdown
     # Placement: parity of the QAT models, n/a for PTQ; every cell from the steps Stage 1.
     placement = dict(_cells(made["placement"]))
     assert placement["fused"]["parity"]["ok"] and placement["multibranch"]["parity"]["ok"]
@@ -199,7 +212,7 @@ def test_failed_cells_say_why_and_the_others_still_run(tiny_data, tmp_path, monk
     assert [c for c in units.calls if c[0] == "train"] == [
         ("train", str(tmp_path / "cells" / budget / "repdw" / "stage1"))
         for budget in ("steps", "time")]
-    assert [c for c in units.calls if c[0] != "train"] == []
+    assert [c for c in units.calls if c[0] != "train"] == []  # the rates too were kept
     assert (tmp_path / "backbone.json").read_text() == before
     # Other settings in the same folder are refused, naming what differs.
     with pytest.raises(ablation.AblationMismatch, match="other settings.*'seed': 0"):
@@ -282,8 +295,10 @@ def test_smoke_ablation_writes_three_checked_tables_and_resumes(tiny_data, tmp_p
     assert placement["multibranch"]["configs"]["stage3"]["qat"]["graph"] == "multibranch"
     teacher_cell = dict(_cells(made["teacher"]))["with"]
     assert any(f"--teacher_records={teacher}" in c for c in teacher_cell["commands"])
+    # The time column's Stage 1 trains 3 s at the measured rate (at most 12 steps).
     time_cell = made["backbone"]["rows"][0]["cells"]["time"]
-    assert time_cell["configs"]["stage1"]["time_budget_minutes"] == 0.05
+    rate = made["backbone"]["train_rates"]["repconv_steps_per_s"]
+    assert time_cell["steps"]["stage1"] == min(12, max(1, round(3 * rate)))
 
     # A rerun resumes without retraining: no stage's metrics change, the tables stay the same.
     stage_metrics = {p: p.read_bytes() for p in (workdir / "cells").rglob("metrics.json")}

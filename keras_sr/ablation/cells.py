@@ -13,11 +13,34 @@ from keras_sr import configs, evaluate
 from keras_sr import workdir as wd
 from keras_sr.data import sources
 from keras_sr.export import files, parity, tflite_lib, tflite_runner
-from keras_sr.train import lib
+from keras_sr.train import lib, speed
 
 
-def stage_config(ablation, stage, budget, block_type=None, qat_graph="fused"):
+def train_rates(ablation):
+    """Stage-1 steps/s of every backbone of `ablation`, timed in interleaved rounds here.
+
+    Pure training compute (Adam + L1 on a fixed batch of the stage's shape, `speed.
+    student_train_rates`): the forms take turns, so a load that changes during the run shifts
+    every form alike and their ratios stay those of an idle machine.
+
+    Returns:
+        {"<block type>_steps_per_s", "<block type>_ratio_to_deploy", "deploy_form_steps_per_s"}.
+    """
+    config = configs.get_config(1, ablation.stage_config)
+    rates = speed.student_train_rates(ablation.model, ablation.backbones,
+                                      batch_size=config.batch_size, lr_patch=config.lr_patch)
+    keras.backend.clear_session()
+    return rates
+
+
+def stage_config(ablation, stage, budget, block_type=None, qat_graph="fused", rates=None):
     """The `TrainConfig` of one stage of a cell.
+
+    A Stage-1 time budget with `rates` becomes steps: the budget's minutes times the block
+    type's measured rate (at most the budget's step ceiling), so that every row of an equal-time
+    column gets the same compute time whatever else the machine did while each row trained.
+    Without `rates`, and in Stage 3, the minutes are a wall-clock budget
+    (`TrainConfig.time_budget_minutes`).
 
     Args:
         ablation: the `AblationConfig`.
@@ -25,6 +48,7 @@ def stage_config(ablation, stage, budget, block_type=None, qat_graph="fused"):
         budget: the cell's `Budget`.
         block_type: Stage 1: the row's block type (Stage 3 takes the model of its Stage 1).
         qat_graph: Stage 3: `QATConfig.graph`, "fused" (deploy-before-QAT) or "multibranch".
+        rates: `train_rates` of the ablation, or None.
     """
     config = configs.get_config(stage, ablation.stage_config)
     fields = {"seed": ablation.seed, "time_budget_minutes": budget.minutes(stage)}
@@ -32,6 +56,11 @@ def stage_config(ablation, stage, budget, block_type=None, qat_graph="fused"):
         fields["steps"] = budget.steps(stage)
     if stage == 1:
         fields["model"] = ablation.model.replace(block_type=block_type)
+        if budget.minutes(1) and rates:
+            rate = rates[f"{block_type}_steps_per_s"]
+            fields["steps"] = min(fields.get("steps", config.steps),
+                                  max(1, round(budget.minutes(1) * 60 * rate)))
+            fields["time_budget_minutes"] = 0.0
     else:
         fields["qat"] = config.qat.replace(graph=qat_graph)
     return config.replace(**fields)

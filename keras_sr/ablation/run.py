@@ -24,7 +24,7 @@ from absl import logging
 from keras_sr import data
 from keras_sr.ablation import cells, tables
 from keras_sr.common.ledger import Ledger
-from keras_sr.common import record_schema
+from keras_sr.common import lock, record_schema
 from keras_sr.configs import ablation as ablation_configs
 from keras_sr.export import tflite_lib
 
@@ -68,8 +68,8 @@ class _Ablation:
     """The parts and cells of one ablation run (see the module docstring)."""
 
     def __init__(self, workdir, config, ledger, records, eval_dir, teacher_records,
-                 calibration_data, input_shape):
-        self.workdir, self.config, self.ledger = workdir, config, ledger
+                 calibration_data, input_shape, rates):
+        self.workdir, self.config, self.ledger, self.rates = workdir, config, ledger, rates
         self.records, self.eval_dir, self.teacher_records = records, eval_dir, teacher_records
         self.calibration_data, self.input_shape = calibration_data, tuple(input_shape)
         self.results = {}  # cell name -> cell
@@ -79,7 +79,8 @@ class _Ablation:
 
     # --- Parts. ---
     def stage1(self, budget, block):
-        config = cells.stage_config(self.config, 1, self.config.budget(budget), block)
+        config = cells.stage_config(self.config, 1, self.config.budget(budget), block,
+                                    rates=self.rates)
         return self.ledger.part(f"stage1/{budget}/{block}", lambda: cells.train_stage(
             config, self.config.stage_config, self._dir(budget, block, "stage1"), self.records))
 
@@ -186,6 +187,7 @@ def run_ablation(workdir, config="cpu", train_records=None, eval_data=None, teac
     Raises:
         BadInput: a bad config, seed or input (before anything is written).
         AblationMismatch: WORKDIR holds an ablation with other settings.
+        lock.LockHeld: another process runs in WORKDIR.
     """
     try:
         ablation = ablation_configs.get_ablation_config(config)
@@ -197,6 +199,15 @@ def run_ablation(workdir, config="cpu", train_records=None, eval_data=None, teac
     calibration = calibration_data or ablation.calibration_source
     check_inputs(train_records, spec, teacher_records, calibration)
     input_shape = ablation.input_shape or tflite_lib.DEFAULT_INPUT_SHAPE
+    with lock.WorkdirLock(workdir):  # one ablation per work directory at a time
+        return _run_ablation(workdir, config, ablation, train_records, eval_data, spec,
+                             teacher_records, calibration_data, calibration, seed, input_shape,
+                             run_info)
+
+
+def _run_ablation(workdir, config, ablation, train_records, eval_data, spec, teacher_records,
+                  calibration_data, calibration, seed, input_shape, run_info):
+    """`run_ablation` once its inputs are checked and the work directory locked."""
     ledger = Ledger(workdir, {"config": config, "ablation": ablation.to_dict(),
                               "train_records": train_records, "eval_data": spec,
                               "teacher_records": teacher_records, "calibration_data": calibration},
@@ -210,12 +221,16 @@ def run_ablation(workdir, config="cpu", train_records=None, eval_data=None, teac
         return {"eval_images": data.prepare_benchmark(spec, eval_dir)["num_examples"]}
 
     prepared = ledger.part("data", prepare)
+    # Equal-time Stage-1 budgets become steps at rates timed once, before any cell.
+    rates = (ledger.part("train_rates", lambda: cells.train_rates(ablation))
+             if any(b.stage1_minutes for b in ablation.budgets) else None)
     run = _Ablation(workdir, ablation, ledger, records, eval_dir, teacher_records, calibration,
-                    input_shape)
+                    input_shape, rates)
     header = {"config": config, "seed": ablation.seed, "train_records": records,
               "eval_data": spec, "eval_dir": eval_dir, "eval_images": prepared["eval_images"],
               "teacher_records": teacher_records, "calibration_data": calibration,
               "input_shape": list(input_shape), "ablation_config": ablation.to_dict(),
+              "train_rates": rates,
               "flags": run_info or {},
               "command": _command(workdir, config, train_records, eval_data, teacher_records,
                                   calibration_data, seed)}

@@ -162,6 +162,14 @@ def _header_lines(table):
              f"border, Y = BT.601 luma). Training records: `{table['train_records']}`. INT8 "
              f"models: fixed {shape} uint8 TFLite, run by tiles.", "",
              f"Command: `{table['command']}`", ""]
+    rates = table.get("train_rates")
+    if rates:
+        measured = ", ".join(f"{b} {rates[b + '_steps_per_s']:.2f}"
+                             for b in table["ablation_config"]["backbones"])
+        lines += ["Equal wall time is Stage-1 compute time: each row trains its budget's minutes "
+                  "times its block type's steps/s, timed in interleaved rounds before the first "
+                  f"cell (pure training compute, steps/s: {measured}); Stage 3 has a wall-clock "
+                  "budget.", ""]
     return lines
 
 

@@ -13,7 +13,9 @@ Variants (`get_ablation_config`):
     cpu (default): minutes per cell on a 2-core CPU: the paper's student (32 channels, 8 blocks,
         4 branches, no anchor) of every block type, on the embedded photographs, scored on the
         embedded validation photographs; Stage 1 of 1,000 steps and Stage 3 of 200 at equal
-        steps, 4 and 1 minutes at equal wall time (the whole run has not been timed yet).
+        steps; at equal wall time, 4 minutes of Stage-1 compute (steps = 4 minutes times each
+        block type's steps/s, timed in interleaved rounds before the first cell:
+        `keras_sr.ablation.cells.train_rates`) and 1 wall-clock minute of Stage 3.
     paper: the `div2k` stage configs (300,000 Stage-1 and 50,000 Stage-3 steps) on DIV2K, scored
         on DIV2K's validation images, for a GPU. Documented, not run in tests:
 
@@ -47,8 +49,10 @@ class Budget(DictMixin):
         name: the column set's name ("steps": equal steps, "time": equal wall time).
         stage1_steps, stage3_steps: the steps of each stage; None: the stage config's. With a
             time budget they are the ceiling the budget cuts down.
-        stage1_minutes, stage3_minutes: wall time of each stage (`TrainConfig.time_budget_minutes`;
-            0: no time budget, the stage trains its steps).
+        stage1_minutes, stage3_minutes: time of each stage (0: no time budget, the stage trains
+            its steps). Stage 1's becomes steps at each block type's measured rate
+            (`keras_sr.ablation.cells.stage_config`); Stage 3's is wall-clock
+            (`TrainConfig.time_budget_minutes`).
     """
     name: str
     stage1_steps: Optional[int] = None
