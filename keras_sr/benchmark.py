@@ -8,6 +8,7 @@ are untrained unless a Stage-3 work directory is given: speed does not depend on
 kernel agreement and PSNR do.
 """
 import dataclasses
+import time
 
 import cv2
 import numpy as np
@@ -102,14 +103,35 @@ def _row(model, precision, kernels, shape, threads, stats, macs=None):
             "threads": threads, **stats, "macs": macs, "gmacs_per_s": gmacs}
 
 
-def time_blob(name, precision, blob, shape, threads, runs, warmup, builtin=True):
-    """Latency rows of one model at every thread count: XNNPACK, and for INT8 with `builtin` also
-    LiteRT's builtin kernels."""
-    macs = tflite_lib.count_macs(blob, shape)
+def blob_makers(name, precision, blob, shape, threads, builtin=True):
+    """{row key: maker} of one model at every thread count: XNNPACK, and for INT8 with `builtin`
+    also LiteRT's builtin kernels. A key is (model, precision, kernels, shape, threads); a maker
+    builds an interpreter and returns its invoke (`tflite_runner.invoker`)."""
     kernel_sets = tflite_runner.KERNELS if precision == "int8" and builtin else ("xnnpack",)
-    return [_row(name, precision, kernels, shape, n,
-                 tflite_runner.time_tflite(blob, n, runs, warmup, shape, kernels), macs)
-            for kernels in kernel_sets for n in threads]
+    return {(name, precision, kernels, tuple(shape), n):
+            lambda kernels=kernels, n=n: tflite_runner.invoker(blob, n, shape, kernels)
+            for kernels in kernel_sets for n in threads}
+
+
+def interleaved_latency(makers, runs=10, warmup=2, rounds=3, timer=time.perf_counter):
+    """Latency statistics of several callables, timed in turn, `rounds` times over.
+
+    Each round builds every callable afresh (`makers[key]()`, e.g. a new interpreter: one in
+    memory at a time), runs its `warmup` calls and times its share of `runs`; a key's statistics
+    are over all its timed calls. A load that changes during the benchmark then slows every key
+    alike instead of skewing the ratio of two keys timed minutes apart (a model and the ceiling).
+    `timer`: seconds as a float (tests pass a fake one).
+
+    Returns:
+        {key: `tflite_runner.summarize_times` of its calls}.
+    """
+    rounds = max(1, min(rounds, runs))
+    shares = [runs // rounds + (i < runs % rounds) for i in range(rounds)]
+    times = {key: [] for key in makers}
+    for share in shares:
+        for key, make in makers.items():
+            times[key] += tflite_runner.timed_calls(make(), share, warmup, timer)
+    return {key: tflite_runner.summarize_times(t, warmup) for key, t in times.items()}
 
 
 def add_ceiling_fractions(rows):
@@ -172,13 +194,16 @@ def headline_ratios(rows, student="student", baseline="abpn"):
 
 
 def tflite_benchmark(shapes=tflite_lib.DEPLOY_SHAPES, threads=(1, 2), runs=10, warmup=2, model_names=None,
-                     tflite_files=None, stage3_workdir=None, images=(), data_dir=None, log=None):
+                     tflite_files=None, stage3_workdir=None, images=(), data_dir=None, log=None,
+                     rounds=3):
     """Everything a speed ratio needs, in one process (see the module docstring).
 
     Args:
         shapes: NHWC input shapes of the built models and of the ceiling and bicubic timings.
         threads: interpreter (and OpenCV) thread counts.
         runs, warmup: timed and untimed invocations of each latency (`latency_stats`).
+        rounds: every model and ceiling is timed in `rounds` interleaved rounds of its share of
+            `runs` (`interleaved_latency`), so that their ratios hold under a changing load.
         model_names: names of `model_specs()` to build (None: all).
         tflite_files: {name: .tflite path} timed as they are: a fixed-shape file at its own shape,
             a dynamic one at each of `shapes`; INT8 if every tensor is integer, else FP32.
@@ -198,6 +223,12 @@ def tflite_benchmark(shapes=tflite_lib.DEPLOY_SHAPES, threads=(1, 2), runs=10, w
     """
     log = log or (lambda message: None)
     rows, agreements, described, errors = [], [], {}, {}
+    makers, macs = {}, {}  # what is timed once everything is converted
+
+    def add(name, precision, blob, shape, builtin=True):
+        macs[(name, tuple(shape))] = tflite_lib.count_macs(blob, shape)
+        makers.update(blob_makers(name, precision, blob, shape, threads, builtin))
+
     for name, fields in model_specs():
         if model_names is not None and name not in model_names:
             continue
@@ -219,9 +250,8 @@ def tflite_benchmark(shapes=tflite_lib.DEPLOY_SHAPES, threads=(1, 2), runs=10, w
                            "macs_per_lr_pixel": tflite_lib.count_macs(first["int8"])
                            / (shapes[0][1] * shapes[0][2])}
         for shape, pair in blobs.items():
-            log(f"timing {name} at {'x'.join(map(str, shape))}")
             for precision, blob in pair.items():
-                rows += time_blob(name, precision, blob, shape, threads, runs, warmup)
+                add(name, precision, blob, shape)
             if images:
                 agreements.append(agreement(name, pair["int8"], shape, images, max(threads),
                                             data_dir))
@@ -235,15 +265,17 @@ def tflite_benchmark(shapes=tflite_lib.DEPLOY_SHAPES, threads=(1, 2), runs=10, w
                            f"{precision}_bytes": len(blob)}
         own = tuple(info["inputs"][0]["shape"])
         for shape in (shapes if -1 in own else [own]):
-            log(f"timing {name} ({path}) at {'x'.join(map(str, shape))}")
-            rows += time_blob(name, precision, blob, shape, threads, runs, warmup)
+            add(name, precision, blob, shape)
         if images and precision == "int8":  # a dynamic-shape model runs each image whole
             agreements.append(agreement(name, blob, own, images, max(threads), data_dir))
     for shape in shapes:
         for channels, depth in CEILING_STACKS:
-            log(f"int8 ceiling: {depth} convs of {channels} channels at {'x'.join(map(str, shape))}")
-            rows += time_blob(f"ceiling_c{channels}", "int8", convert_ceiling(channels, depth, shape),
-                              shape, threads, runs, warmup, builtin=False)
+            add(f"ceiling_c{channels}", "int8", convert_ceiling(channels, depth, shape), shape,
+                builtin=False)
+    log(f"timing {len(makers)} latencies in {rounds} interleaved rounds")
+    for key, stats in interleaved_latency(makers, runs, warmup, rounds).items():
+        rows.append(_row(*key, stats, macs[(key[0], key[3])]))
+    for shape in shapes:
         rows += [_row("bicubic", "uint8", "opencv", shape, n, opencv_bicubic(shape, n, runs, warmup))
                  for n in threads]
     add_ceiling_fractions(rows)

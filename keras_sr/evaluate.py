@@ -16,7 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_sr.common import image_io, metrics
+from keras_sr.common import bad_images, image_io, metrics
 from keras_sr.data.benchmark import load_benchmark
 from keras_sr.data.matlab_resize import matlab_upscale
 from keras_sr.export.tflite_runner import TFLitePredictor
@@ -59,7 +59,8 @@ def make_predictor(spec, scale=3):
     return keras_model_predictor(run.load(run.trained_form))
 
 
-def evaluate_benchmark(predict_fn, data_dir, scale=3, crop_border=None):
+def evaluate_benchmark(predict_fn, data_dir, scale=3, crop_border=None,
+                       on_bad_image=bad_images.DEFAULT_POLICY):
     """Scores a predictor on every image of an EDSR-layout folder.
 
     Args:
@@ -67,20 +68,29 @@ def evaluate_benchmark(predict_fn, data_dir, scale=3, crop_border=None):
         data_dir: folder with HR/ and LR_bicubic/X<scale>/ (see `keras_sr.data.load_benchmark`).
         scale: SR factor.
         crop_border: border removed before measuring; default `scale`, the usual convention.
+        on_bad_image: "skip" or "fail" (`keras_sr.common.bad_images`) for an image of the set
+            that cannot be used (unreadable, 16-bit, LR of the wrong size): left out of the
+            means and listed under "skipped", or the first one raises `BadImageError`.
 
     Returns:
         dict: "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb" (means over images), "per_image" (list of
             dicts
         with "name", "is_gray", "lr_size" and the four metrics), "data_dir", "scale", "crop_border",
-        "num_images", "seconds".
+        "num_images", "num_skipped", "skipped" (item, reason), "seconds".
 
     Raises:
         ValueError: a prediction of the wrong dtype or shape (the message names the image).
+        bad_images.NoImagesError: no usable image in the set.
     """
     crop_border = scale if crop_border is None else crop_border
     start = time.time()
     per_image = []
-    for name, lr, hr, is_gray in load_benchmark(data_dir, scale):
+    bad = bad_images.BadImages(on_bad_image)
+    loaded = load_benchmark(data_dir, scale, bad)
+    if not loaded:
+        raise bad_images.NoImagesError(f"no usable image in {data_dir} "
+                                       f"({bad.to_json()['num_skipped']} skipped)")
+    for name, lr, hr, is_gray in loaded:
         sr = np.asarray(predict_fn(image_io.to_rgb(lr)))
         want = (scale * lr.shape[0], scale * lr.shape[1], 3)
         if sr.dtype != np.uint8 or sr.shape != want:
@@ -90,7 +100,7 @@ def evaluate_benchmark(predict_fn, data_dir, scale=3, crop_border=None):
                           **metrics.compute_metrics(sr, hr, crop_border)})
     result = {key: float(np.mean([m[key] for m in per_image])) for key in METRIC_KEYS}
     result.update(data_dir=os.fspath(data_dir), scale=scale, crop_border=crop_border,
-                  num_images=len(per_image), per_image=per_image,
+                  num_images=len(per_image), per_image=per_image, **bad.to_json(),
                   seconds=round(time.time() - start, 2))
     return result
 
@@ -106,4 +116,7 @@ def format_table(result):
         gray = "  (gray)" if m.get("is_gray") else ""
         lines.append(f"{m['name']:<{width}}  {m['psnr_y']:6.2f}  {m['ssim_y']:.4f}  "
                      f"{m['psnr_rgb']:6.2f}   {m['ssim_rgb']:.4f}{gray}")
+    for entry in result.get("skipped", []):
+        lines.append(f"skipped (not in the mean): "
+                     f"{bad_images.line(entry['item'], entry['reason'])}")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from keras_sr.common import fileio, image_io
+from keras_sr.common import bad_images, fileio, image_io
 from keras_sr.configs import job as job_configs
 from keras_sr.export.tflite_runner import TFLitePredictor
 
@@ -105,8 +105,9 @@ def list_inputs(spec):
 
     Args:
         spec: a file (taken whatever its name; the content decides the format), a folder (its
-            files with an image extension, `image_io.ANY_IMAGE_EXTENSIONS`, not recursive, hidden
-            files left out) or a glob pattern (the files it matches).
+            entries with an image extension, `image_io.ANY_IMAGE_EXTENSIONS`, not recursive,
+            hidden files and folders left out; broken links and symlink loops are listed, and
+            reading them gives the reason) or a glob pattern (the files it matches).
 
     Raises:
         FileNotFoundError: `spec` is none of these, or names no file.
@@ -117,7 +118,7 @@ def list_inputs(spec):
     if os.path.isdir(spec):
         files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
                        if not f.startswith(".") and f.lower().endswith(image_io.ANY_IMAGE_EXTENSIONS)
-                       and os.path.isfile(os.path.join(spec, f)))
+                       and not os.path.isdir(os.path.join(spec, f)))
         if not files:
             raise FileNotFoundError(f"{spec} holds no image files "
                                     f"({'/'.join(image_io.ANY_IMAGE_EXTENSIONS)})")
@@ -272,22 +273,28 @@ def upscale_file(predictor, job):
     return result
 
 
-def upscale_files(predictor, jobs, progress=None):
+def upscale_files(predictor, jobs, progress=None, on_bad_image=bad_images.DEFAULT_POLICY):
     """Upscales every job; a file that cannot be read or written is recorded and skipped.
 
     Args:
         predictor: a TFLitePredictor (or any callable of that contract, see `upscale_image`).
         jobs: `Job`s from `plan_jobs`.
         progress: optional callable(result or failure dict, throughput dict), called per file.
+        on_bad_image: "skip" or "fail" (`keras_sr.common.bad_images`): an input that cannot be
+            read is recorded and skipped, or raises `bad_images.BadImageError` (outputs written
+            before it stay).
 
     Returns:
         dict: "files" (per written input: input, output, [compare], input_size and output_size
-        [h, w], notes, seconds), "failures" (input, reason), "num_inputs", "num_written",
-        "num_failed", "seconds", and the throughput: "images_per_s" (files written per second)
-        and "megapixels_per_s" (input megapixels per second).
+        [h, w], notes, seconds), "failures" (input, reason: unreadable inputs and outputs that
+        could not be written), "num_inputs", "num_written", "num_failed", "num_skipped" and
+        "skipped" (the unreadable inputs as item, reason, as in every job's summary), "seconds",
+        and the throughput: "images_per_s" (files written per second) and "megapixels_per_s"
+        (input megapixels per second).
     """
     start = time.perf_counter()
     files, failures, pixels = [], [], 0
+    bad = bad_images.BadImages(on_bad_image)
     throughput = {}
     for job in jobs:
         try:
@@ -295,6 +302,7 @@ def upscale_files(predictor, jobs, progress=None):
             files.append(entry)
             pixels += entry["input_size"][0] * entry["input_size"][1]
         except image_io.ImageError as e:
+            bad.add(job.input, str(e), log=False)  # the progress line reports it
             entry = {"input": job.input, "reason": str(e)}
             failures.append(entry)
         except OSError as e:
@@ -307,7 +315,7 @@ def upscale_files(predictor, jobs, progress=None):
         if progress is not None:
             progress(entry, throughput)
     return {"files": files, "failures": failures, "num_inputs": len(jobs), "num_written": len(files),
-            "num_failed": len(failures), **throughput}
+            "num_failed": len(failures), **bad.to_json(), **throughput}
 
 
 class Progress:

@@ -4,9 +4,16 @@ BasicSR saves `{'params': state_dict}` (plus `'params_ema'` when EMA is on); oth
 state dict, sometimes from a DataParallel model whose keys start with `module.`. `read_state_dict`
 accepts all three, and `load_teacher` loads strictly: any missing, unexpected or mis-shaped key is
 reported in one error that names the file.
+
+A checkpoint is data, never code: it is read once into memory, hashed (the sha256 of exactly the
+bytes loaded is recorded, and checked against an expected one when given), and unpickled only by
+`torch.load(weights_only=True)`, which builds tensors and plain containers and refuses every other
+object a pickle names (a class, a function: what a malicious file would run).
 """
 import hashlib
+import io
 import os
+import pickle
 
 import torch
 
@@ -21,35 +28,50 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be read or does not fit the model."""
 
 
-def file_sha256(path):
-    """Returns the hex sha256 of a file (recorded with teacher outputs to identify the weights)."""
-    digest = hashlib.sha256()
+def _read_checked(path, expected_sha256):
+    """The bytes of `path` and their hex sha256, checked against `expected_sha256` if given."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"teacher checkpoint {path!r} does not exist")
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        data = f.read()
+    sha256 = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256.strip().lower():
+        raise CheckpointError(f"teacher checkpoint {path!r} has sha256 {sha256}, not the expected "
+                              f"{expected_sha256.strip().lower()}: another or a damaged file")
+    return data, sha256
 
 
-def read_state_dict(path):
+def read_state_dict(path, expected_sha256=None):
     """Reads a checkpoint's state dict with `torch.load(weights_only=True)` onto the CPU.
 
     Args:
         path: a `.pth` file: `{'params': sd}`, `{'params_ema': sd}` (used when 'params' is absent)
             or a bare state dict; a leading `module.` is stripped from every key.
+        expected_sha256: hex sha256 the file must have (e.g. the one a release publishes), or
+            None.
 
     Returns:
-        (state_dict, where) with where one of "params", "params_ema", "bare".
+        (state_dict, where, sha256): where is one of "params", "params_ema", "bare"; sha256 is
+        the hex digest of the bytes that were loaded.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: the file is not a state dict that torch can load safely.
+        CheckpointError: another sha256 than the expected one, a file that carries pickled
+            objects other than tensors and containers (refused, never run), or one that is not a
+            state dict.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"teacher checkpoint {path!r} does not exist")
+    data, sha256 = _read_checked(path, expected_sha256)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types (pickle, zip, weights_only refusals)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only met a global it does not allow
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"teacher checkpoint {path!r} refused: it carries pickled Python objects beyond "
+            "tensors (code that loading would run), and checkpoints are only read with "
+            "torch.load(weights_only=True); save the state dict alone "
+            f"(torch.save(model.state_dict(), path)). torch: {reason}") from None
+    except Exception as e:  # torch raises several types for damaged files (zip, EOF, ...)
         raise CheckpointError(
             f"teacher checkpoint {path!r} cannot be loaded with torch.load(weights_only=True): {e}"
         ) from e
@@ -65,7 +87,7 @@ def read_state_dict(path):
         raise CheckpointError(f"teacher checkpoint {path!r} ({where}): entries that are not "
                               f"tensors: {_listing(not_tensors)}")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    return state, where
+    return state, where, sha256
 
 
 def _listing(keys):
@@ -99,7 +121,7 @@ def check_state_dict(model, state, path):
 
 
 def load_teacher(checkpoint_path, routing="gumbel", device="cpu", seed=DEFAULT_SEED,
-                 config=DEFAULT_CONFIG, stable_sort=True):
+                 config=DEFAULT_CONFIG, stable_sort=True, expected_sha256=None):
     """Builds MambaIRv2-Light, loads an official checkpoint strictly, and returns it in eval mode.
 
     Args:
@@ -110,16 +132,19 @@ def load_teacher(checkpoint_path, routing="gumbel", device="cpu", seed=DEFAULT_S
         seed: per-image Gumbel seed that `teacher_bridge.inference` uses; recorded as `model.seed`.
         config: key of `teacher_bridge.model.CONFIGS` ("light_x2", "light_x3", "light_x4").
         stable_sort: stable token sort (device-independent); False reproduces official CPU runs.
+        expected_sha256: the hex sha256 the checkpoint must have, or None (`read_state_dict`).
 
     Returns:
         `MambaIRv2Light` in eval mode without gradients; `model.checkpoint_path`,
         `model.checkpoint_sha256` and `model.checkpoint_source` ("params", "params_ema" or "bare")
-        describe the weights. Input (B, 3, H, W) RGB in [0, 1]; output (B, 3, sH, sW), not clamped.
+        describe the weights (the sha256 of the bytes loaded). Input (B, 3, H, W) RGB in [0, 1];
+        output (B, 3, sH, sW), not clamped.
 
     Raises:
-        FileNotFoundError, CheckpointError: the file is absent, unreadable or does not fit.
+        FileNotFoundError, CheckpointError: the file is absent, unreadable, unsafe, not the
+            expected one, or does not fit.
     """
-    state, where = read_state_dict(checkpoint_path)
+    state, where, sha256 = read_state_dict(checkpoint_path, expected_sha256)
     model = MambaIRv2Light(config, routing=routing, stable_sort=stable_sort, seed=seed)
     check_state_dict(model, state, checkpoint_path)
     model.load_state_dict(state, strict=True)
@@ -128,6 +153,6 @@ def load_teacher(checkpoint_path, routing="gumbel", device="cpu", seed=DEFAULT_S
         raise CheckpointError(f"teacher checkpoint {os.fspath(checkpoint_path)!r}: "
                               "relative_position_index_SA differs from the window's index")
     model.checkpoint_path = os.fspath(checkpoint_path)
-    model.checkpoint_sha256 = file_sha256(checkpoint_path)
+    model.checkpoint_sha256 = sha256
     model.checkpoint_source = where
     return model.eval().requires_grad_(False).to(device)

@@ -5,7 +5,19 @@ Output folder:
                                           input's image_id; each shard written atomically
     teacher-00000-of-0000N.json ...       per-shard summary with the job settings; a rerun with the
                                           same settings skips finished shards, so a job resumes
-    summary.json                          settings, finished/missing shards, the PSNR check
+                                          (shards and their JSON are the same bytes whether or
+                                          not a run was interrupted)
+    summary.json                          settings, finished/missing shards, and what the latest
+                                          run did: "written_now", the PSNR "check" (on the first
+                                          images it wrote), "seconds"
+    .teacher-0000K-of-0000N.tfrecord.lock while a run writes shard K (`keras_sr.common.lock`; a
+                                          lock per shard, as several machines may share a folder)
+
+Input images that cannot be used (unreadable, corrupt PNG inside a record, an LR under
+MIN_LR_SIDE px) follow `on_bad_image` (`keras_sr.common.bad_images`): skipped, and listed in their
+shard's JSON and in summary.json under "skipped", or the first one ends the run. LR image files
+(`images=`) are read as user images (`image_io.read_rgb`: any bit depth, palette, CMYK, EXIF
+orientation; alpha dropped, grayscale replicated), the conversions counted under "conversions".
 
 The inputs are listed in a fixed order (sorted files, records in file order) and cut into
 `num_shards` contiguous ranges, so machines can split the job with `shard_indices` and write into
@@ -14,6 +26,7 @@ compared with OpenCV bicubic upscaling on a few images: a wrong checkpoint or ro
 No TensorFlow here: the job runs where only torch is installed, so from keras_sr it uses only the
 dependency-free `keras_sr.common`.
 """
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -24,13 +37,14 @@ import time
 import cv2
 import numpy as np
 
-from keras_sr.common import fileio, image_io, metrics, record_schema
+from keras_sr.common import bad_images, fileio, image_io, lock, metrics, record_schema
 from keras_sr.common.progress import format_duration
 from teacher_bridge import inference
 
 SHARD_PATTERN = "teacher-{index:05d}-of-{count:05d}.tfrecord"
 SUMMARY_FILE = "summary.json"
 NO_SEED = -1  # recorded as the seed when routing is deterministic (argmax)
+MIN_LR_SIDE = 8  # the teacher's smallest input side
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +79,7 @@ def list_inputs(records=None, images=None, id_prefix=None):
 
     Raises:
         ValueError: not exactly one of records/images, or a duplicate image id.
+        bad_images.NoImagesError: no input images (the message names the folder or records).
     """
     if (records is None) == (images is None):
         raise ValueError("give exactly one of records= (SR TFRecords) and images= (LR folder)")
@@ -80,7 +95,9 @@ def list_inputs(records=None, images=None, id_prefix=None):
         prefix = os.path.basename(os.path.normpath(images)) if id_prefix is None else id_prefix
         for name in sorted(os.listdir(images)):
             stem, ext = os.path.splitext(name)
-            if ext.lower() in image_io.IMAGE_EXTENSIONS:
+            # Broken links and symlink loops are kept: reading them names the reason.
+            if (ext.lower() in image_io.IMAGE_EXTENSIONS
+                    and not os.path.isdir(os.path.join(images, name))):
                 items.append(Item(f"{prefix}/{stem}" if prefix else stem,
                                   os.path.join(images, name), -1))
     for item in items:
@@ -90,7 +107,9 @@ def list_inputs(records=None, images=None, id_prefix=None):
                              f"{where}; teacher outputs are joined by id, so ids must be unique")
         seen[item.image_id] = where
     if not items:
-        raise ValueError(f"no input images in records={records!r} images={images!r}")
+        raise bad_images.NoImagesError(
+            f"no input images in records={records!r}" if images is None else
+            f"images={images!r}: no PNG/JPEG/BMP files in the folder")
     return items
 
 
@@ -101,18 +120,34 @@ def _decode_sr(data, path, number):
         raise ValueError(f"{path} record {number}: not an SR record ({e})") from e
 
 
-def _read_items(items, scale):
-    """Yields (item, lr, hr or None) for items, reading each record file once.
+def _read_items(items, scale, bad):
+    """Yields (item, lr, hr or None) for the usable items, reading each record file once.
+
+    Args:
+        items: `Item`s.
+        scale: the teacher's factor.
+        bad: a `bad_images.BadImages`; an item that cannot be used is recorded there (or raises
+            under its "fail" policy) and left out.
 
     Raises:
         ValueError: a record's scale is not `scale`.
+        record_schema.RecordError: a corrupt or truncated record file (names it and the record).
     """
     by_file = {}
     for item in items:
         by_file.setdefault(item.path, {})[item.record] = item
     for path, wanted in by_file.items():
         if -1 in wanted:  # an image file
-            yield wanted[-1], image_io.to_rgb(image_io.read_image(path)), None
+            try:
+                lr, notes = image_io.training_pixels(image_io.read_rgb(path))
+            except image_io.ImageError as e:
+                bad.add(path, str(e))
+                continue
+            if lr.ndim == 2:
+                lr, notes = image_io.to_rgb(lr), notes + (image_io.GRAY_NOTE,)
+            if _usable(lr, path, bad):
+                bad.note(path, notes)
+                yield wanted[-1], lr, None
             continue
         last = max(wanted)
         for number, data in enumerate(record_schema.read_tfrecord(path)):
@@ -121,10 +156,25 @@ def _read_items(items, scale):
                 name = f"{path} record {number} ({wanted[number].image_id})"
                 if rec["scale"] != scale:
                     raise ValueError(f"{name} has scale {rec['scale']}, the teacher is x{scale}")
-                yield (wanted[number], _decode_rgb(rec["lr_png"], name + " lr_png"),
-                       _decode_rgb(rec["hr_png"], name + " hr_png"))
+                try:
+                    lr = _decode_rgb(rec["lr_png"], name + " lr_png")
+                    hr = _decode_rgb(rec["hr_png"], name + " hr_png")
+                except image_io.ImageError as e:
+                    bad.add(name, str(e))
+                    continue
+                if _usable(lr, name, bad):
+                    yield wanted[number], lr, hr
             if number == last:
                 break
+
+
+def _usable(lr, name, bad):
+    """Whether the teacher can run on `lr`; records it in `bad` if not."""
+    if min(lr.shape[:2]) >= MIN_LR_SIDE:
+        return True
+    bad.add(name, f"LR image {lr.shape[1]}x{lr.shape[0]} is under the teacher's minimum of "
+                  f"{MIN_LR_SIDE} px per side")
+    return False
 
 
 class Progress:
@@ -161,21 +211,25 @@ class _Teacher:
         self.model, self.tile, self.overlap, self.batch_size = model, tile, overlap, batch_size
 
     def __call__(self, lr, name):
-        if min(lr.shape[:2]) < 8:
+        if min(lr.shape[:2]) < MIN_LR_SIDE:
             raise ValueError(f"{name}: LR image {lr.shape[1]}x{lr.shape[0]} is under the "
-                             "teacher's minimum of 8 px per side")
+                             f"teacher's minimum of {MIN_LR_SIDE} px per side")
         return inference.upscale_image(self.model, lr, self.tile, self.overlap, self.batch_size)
 
 
-def check_against_bicubic(teacher, items, count):
+def check_against_bicubic(teacher, items, count, on_bad_image=bad_images.DEFAULT_POLICY):
     """Y-PSNR of teacher and OpenCV-bicubic outputs against HR on the first `count` items.
+
+    Items that cannot be used are left out (they are recorded when their shard is written), or
+    raise `bad_images.BadImageError` under on_bad_image="fail".
 
     Returns:
         (report dict, {image_id: teacher output}) so that those outputs need not be recomputed.
     """
     rows, outputs = [], {}
     s = teacher.model.upscale
-    for item, lr, hr in _read_items(items[:count], s):
+    check_bad = bad_images.BadImages(on_bad_image)
+    for item, lr, hr in _read_items(items[:count], s, check_bad):
         out = teacher(lr, item.image_id)
         outputs[item.image_id] = out
         if hr is None:
@@ -207,7 +261,7 @@ def _shard_ranges(num_items, num_shards):
 
 def precompute(model, output_dir, records=None, images=None, id_prefix=None, num_shards=8,
                shard_indices=None, tile=inference.OFFICIAL_TILE, overlap=inference.OFFICIAL_OVERLAP,
-               batch_size=4, check_images=4):
+               batch_size=4, check_images=4, on_bad_image=bad_images.DEFAULT_POLICY):
     """Writes teacher records for every input image (see the module docstring for the layout).
 
     Args:
@@ -219,9 +273,14 @@ def precompute(model, output_dir, records=None, images=None, id_prefix=None, num
         shard_indices: shards this process writes (default: all); others are left to other runs.
         tile, overlap, batch_size: tiling, see `teacher_bridge.inference.upscale_tensor`.
         check_images: first images of the pending shards for the teacher-vs-bicubic check.
+        on_bad_image: "skip" or "fail" (see `keras_sr.common.bad_images`).
 
     Returns:
         The summary dict also written to output_dir/summary.json.
+
+    Raises:
+        bad_images.NoImagesError: no input images.
+        bad_images.BadImageError: under on_bad_image="fail", the first unusable image.
     """
     start = time.time()
     items = list_inputs(records, images, id_prefix)
@@ -242,52 +301,67 @@ def precompute(model, output_dir, records=None, images=None, id_prefix=None, num
         "tiling": inference.tiling_rule(tile, overlap),
         "schema": sorted(record_schema.TEACHER_FEATURES),
     }
-    os.makedirs(output_dir, exist_ok=True)
     ranges = _shard_ranges(len(items), num_shards)
     paths = [os.path.join(output_dir, SHARD_PATTERN.format(index=k, count=num_shards))
              for k in range(num_shards)]
-    pending = [k for k in shard_indices if record_schema.finished_shard(paths[k], settings) is None]
-    for k in sorted(set(shard_indices) - set(pending)):
-        logging.info("shard %d of %d is finished; skipping it", k, num_shards)
-    teacher = _Teacher(model, tile, overlap, batch_size)
-    check, cached = {}, {}
-    if pending and check_images > 0:
-        todo = [item for k in pending for item in items[slice(*ranges[k])]]
-        check, cached = check_against_bicubic(teacher, todo, check_images)
-    progress = Progress(sum(ranges[k][1] - ranges[k][0] for k in pending), ready=len(cached))
-    fixed = {"checkpoint_sha256": settings["checkpoint_sha256"], "routing": model.routing,
-             "seed": settings["seed"], "tiling": settings["tiling"], "scale": model.upscale}
+    with contextlib.ExitStack() as held:
+        # A lock per shard, not per folder: runs on other machines may write the other shards.
+        for k in shard_indices:
+            held.enter_context(lock.WorkdirLock(output_dir, f".{os.path.basename(paths[k])}.lock"))
+        pending = [k for k in shard_indices
+                   if record_schema.finished_shard(paths[k], settings) is None]
+        for k in sorted(set(shard_indices) - set(pending)):
+            logging.info("shard %d of %d is finished; skipping it", k, num_shards)
+        teacher = _Teacher(model, tile, overlap, batch_size)
+        check, cached = {}, {}
+        if pending and check_images > 0:
+            todo = [item for k in pending for item in items[slice(*ranges[k])]]
+            check, cached = check_against_bicubic(teacher, todo, check_images, on_bad_image)
+        progress = Progress(sum(ranges[k][1] - ranges[k][0] for k in pending), ready=len(cached))
+        fixed = {"checkpoint_sha256": settings["checkpoint_sha256"], "routing": model.routing,
+                 "seed": settings["seed"], "tiling": settings["tiling"], "scale": model.upscale}
 
-    def encode_shard(shard_items, stats):
-        for item, lr, _ in _read_items(shard_items, model.upscale):
-            out = cached.pop(item.image_id, None)
-            if out is None:
-                out = teacher(lr, item.image_id)
-            stats["images"] += 1
-            progress.update()
-            yield record_schema.encode_example(
-                {"image_id": item.image_id, "teacher_png": image_io.encode_png(out),
-                 "height": out.shape[0], "width": out.shape[1], **fixed},
-                record_schema.TEACHER_FEATURES)
+        def encode_shard(shard_items, stats, shard_bad):
+            for item, lr, _ in _read_items(shard_items, model.upscale, shard_bad):
+                out = cached.pop(item.image_id, None)
+                if out is None:
+                    out = teacher(lr, item.image_id)
+                stats["images"] += 1
+                progress.update()
+                yield record_schema.encode_example(
+                    {"image_id": item.image_id, "teacher_png": image_io.encode_png(out),
+                     "height": out.shape[0], "width": out.shape[1], **fixed},
+                    record_schema.TEACHER_FEATURES)
 
-    for k in pending:
-        path = paths[k]
-        stats = {"file": os.path.basename(path), "images": 0, "settings": settings}
-        shard_start = time.time()
-        record_schema.write_tfrecord(path, encode_shard(items[slice(*ranges[k])], stats))
-        stats["seconds"] = round(time.time() - shard_start, 1)
-        fileio.write_json(record_schema.shard_json_path(path), stats)
-        logging.info("wrote %s: %d images in %.0f s", path, stats["images"], stats["seconds"])
+        for k in pending:
+            path = paths[k]
+            stats = {"file": os.path.basename(path), "images": 0, "settings": settings}
+            shard_bad = bad_images.BadImages(on_bad_image)
+            shard_start = time.time()
+            record_schema.write_tfrecord(path, encode_shard(items[slice(*ranges[k])], stats,
+                                                            shard_bad))
+            stats.update(skipped=shard_bad.skipped, conversions=dict(shard_bad.conversions))
+            # No timing in the shard's JSON: a resumed run writes the bytes of an uninterrupted one.
+            fileio.write_json(record_schema.shard_json_path(path), stats)
+            logging.info("wrote %s: %d images in %.0f s", path, stats["images"],
+                         time.time() - shard_start)
 
-    finished = [k for k, path in enumerate(paths) if record_schema.finished_shard(path, settings)]
-    summary = {
-        **settings,
-        "inputs": sorted({item.path for item in items}),
-        "finished_shards": finished,
-        "missing_shards": sorted(set(range(num_shards)) - set(finished)),
-        "written_now": pending,
-        "check": check,
-        "seconds": round(time.time() - start, 1),
-    }
-    fileio.write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
-    return summary
+        shards = {k: record_schema.finished_shard(path, settings) for k, path in enumerate(paths)}
+        finished = [k for k, shard in shards.items() if shard]
+        skipped = bad_images.BadImages()  # gathers what each shard's writer logged
+        for k in finished:
+            skipped.extend(shards[k].get("skipped", []), log=False)
+        summary = {
+            **settings,
+            "inputs": sorted({item.path for item in items}),
+            "finished_shards": finished,
+            "missing_shards": sorted(set(range(num_shards)) - set(finished)),
+            **skipped.to_json(),
+            "conversions": bad_images.count_conversions(
+                shards[k].get("conversions", {}) for k in finished),
+            "written_now": pending,
+            "check": check,
+            "seconds": round(time.time() - start, 1),
+        }
+        fileio.write_json(os.path.join(output_dir, SUMMARY_FILE), summary)
+        return summary

@@ -82,6 +82,33 @@ def test_latency_stats_excludes_warmup_and_orders_the_statistics():
         tflite_runner.latency_stats(run_once, runs=0)
 
 
+def test_interleaved_latency_takes_turns_and_pools_every_round():
+    """Every key is rebuilt and warmed up each round and timed for its share of the runs, in
+    turn, so a load change between rounds reaches every key."""
+    calls, clock = [], [0.0]
+
+    def maker(key, ms):
+        def make():
+            calls.append(f"make {key}")
+
+            def run_once():
+                calls.append(key)
+                clock[0] += ms / 1000.0 * (1 + calls.count("make a"))  # slower each round
+            return run_once
+        return make
+
+    stats = benchmark.interleaved_latency({"a": maker("a", 1.0), "b": maker("b", 2.0)}, runs=5,
+                                          warmup=1, rounds=2, timer=lambda: clock[0])
+    # Round 1: 3 timed calls each (5 = 3 + 2), round 2: 2; one warm-up call per round.
+    assert calls == ["make a", "a", "a", "a", "a", "make b", "b", "b", "b", "b",
+                     "make a", "a", "a", "a", "make b", "b", "b", "b"]
+    assert stats["a"]["runs"] == stats["b"]["runs"] == 5 and stats["a"]["warmup"] == 1
+    # Round 1 ran at 2x, round 2 at 3x a call's base time; b's ratio to a stays 2 throughout.
+    assert (stats["a"]["min_ms"], stats["a"]["max_ms"]) == pytest.approx((2.0, 3.0))
+    assert (stats["b"]["min_ms"], stats["b"]["max_ms"]) == pytest.approx((4.0, 6.0))
+    assert stats["b"]["median_ms"] == pytest.approx(2 * stats["a"]["median_ms"])
+
+
 def test_time_tflite_of_a_tiny_model(tiny_int8):
     _, _, blob = tiny_int8
     for kernels in tflite_runner.KERNELS:

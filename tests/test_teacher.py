@@ -76,8 +76,8 @@ def test_size_matches_official_checkpoint(fixture_dir, teacher):
     state = model.state_dict()
     assert len(state) == 1019
     assert sum(p.numel() for p in model.parameters()) == 780_587
-    official, where = read_state_dict(fixture_dir / "weights.pth")
-    assert where == "params"
+    official, where, sha256 = read_state_dict(fixture_dir / "weights.pth")
+    assert where == "params" and sha256 == FIXTURE_SHA256
     assert list(state) == list(official)  # same names in the official order
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in official.items()}
     assert "mean" not in state
@@ -204,13 +204,47 @@ def test_wrong_scale_gets_a_hint(fixture_dir):
         load_teacher(fixture_dir / "weights.pth", config="light_x2")
 
 
+class _Payload:
+    """Unpickling this calls `pathlib.Path.touch` on a marker file: code a checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
 def test_unsafe_or_missing_files_are_refused(tmp_path):
     path = tmp_path / "pickled.pth"
     torch.save({"params": {"w": torch.zeros(1)}, "opt": nn.Identity()}, path)  # a module: not safe
-    with pytest.raises(CheckpointError, match="pickled.pth.*weights_only"):
+    with pytest.raises(CheckpointError, match="pickled.pth' refused: it carries pickled Python"):
         load_teacher(path)
+    # A file whose unpickling would run code is refused without running it.
+    marker = tmp_path / "ran.txt"
+    torch.save({"params": {"w": torch.zeros(1)}, "x": _Payload(str(marker))}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="evil.pth' refused.*weights_only=True"):
+        load_teacher(tmp_path / "evil.pth")
+    assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         load_teacher(tmp_path / "absent.pth")
+
+
+def test_checkpoint_sha256_is_checked_and_recorded(fixture_dir, tmp_path):
+    weights = fixture_dir / "weights.pth"
+    # Upper case and surrounding space are accepted: hashes are pasted from release pages.
+    model = load_teacher(weights, routing="argmax", expected_sha256=f" {FIXTURE_SHA256.upper()} ")
+    assert model.checkpoint_sha256 == FIXTURE_SHA256
+    with pytest.raises(CheckpointError, match=f"has sha256 {FIXTURE_SHA256}, not the expected "
+                                              f"{'0' * 64}"):
+        load_teacher(weights, expected_sha256="0" * 64)
+    # One flipped byte: another hash, so the same flag catches a damaged download.
+    damaged = tmp_path / "damaged.pth"
+    blob = bytearray(weights.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="damaged.pth' has sha256 .* another or a damaged"):
+        load_teacher(damaged, expected_sha256=FIXTURE_SHA256)
 
 
 def test_official_tile_grid_example():
@@ -378,6 +412,46 @@ def test_precompute_writes_resumable_sharded_teacher_records(tmp_path, smoke_tea
     assert redo["written_now"] == [0, 1, 2] and redo["seed"] == precompute.NO_SEED
 
 
+class _Killed(BaseException):
+    """Stands in for SIGKILL: no `except Exception` stops it."""
+
+
+def test_precompute_killed_mid_shard_reruns_to_the_bytes_of_an_uninterrupted_run(
+        tmp_path, smoke_teacher, monkeypatch):
+    _write_sr_records(tmp_path / "sr", [(30, 33), (36, 27), (27, 30), (33, 30)])
+    settings = {"records": str(tmp_path / "sr"), "num_shards": 2, "check_images": 1}
+    precompute.precompute(smoke_teacher, tmp_path / "straight", **settings)
+    upscale = inference.upscale_image
+    calls = []
+
+    def dying(*args, **kwargs):  # the 4th image is the second one of shard 1
+        calls.append(1)
+        if len(calls) == 4:
+            raise _Killed("killed while writing shard 1")
+        return upscale(*args, **kwargs)
+
+    out = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        patch.setattr(inference, "upscale_image", dying)
+        with pytest.raises(_Killed):
+            precompute.precompute(smoke_teacher, out, **settings)
+    # Shard 0 is finished; shard 1 never reached its name; no temporary or lock file is left.
+    assert sorted(p.name for p in out.iterdir()) == ["teacher-00000-of-00002.json",
+                                                    "teacher-00000-of-00002.tfrecord"]
+    resumed = precompute.precompute(smoke_teacher, out, **settings)
+    assert resumed["written_now"] == [1]
+    names = sorted(p.name for p in (tmp_path / "straight").iterdir())
+    assert names == sorted(p.name for p in out.iterdir()) and len(names) == 5
+    # Shards and their JSON are the same bytes; summary.json differs only in what the latest
+    # run did (documented in `teacher_bridge.precompute`).
+    for name in names:
+        a, b = ((folder / name).read_bytes() for folder in (tmp_path / "straight", out))
+        if name == precompute.SUMMARY_FILE:
+            a, b = ({k: v for k, v in json.loads(x).items()
+                     if k not in ("written_now", "check", "seconds")} for x in (a, b))
+        assert a == b, name
+
+
 def _lr_of(folder, image_id):
     for path in sorted(folder.glob("*.tfrecord")):
         for data in record_schema.read_tfrecord(path):
@@ -417,3 +491,17 @@ def test_precompute_tool_on_an_image_folder(tmp_path, smoke_teacher):
         rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
         got = image_io.decode_image(records[f"lr_images/{name}"]["teacher_png"], name)
         np.testing.assert_array_equal(got, inference.upscale_image(model, rgb))
+
+
+def test_precompute_tool_refuses_another_checkpoint_in_one_line(fixture_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "keras_sr_tools.precompute_teacher",
+         f"--checkpoint={fixture_dir / 'weights.pth'}", f"--checkpoint_sha256={'ab' * 32}",
+         f"--images={tmp_path}", f"--output={out}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "error: --checkpoint: teacher checkpoint" in last and f"not the expected {'ab' * 32}" \
+        in last, last
+    assert not out.exists()  # refused before anything was written

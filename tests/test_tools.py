@@ -59,6 +59,11 @@ def test_export_check_int8_and_parity_of_the_stage3_run(stage3_runs, capsys):
              "--input_shape=1,32,40,3")
     info = tflite_lib.check_int8(output.read_bytes())
     assert info["parameters"] == 82_683
+    # Exporting again (in this process, after other models were built) writes the same bytes.
+    written = output.read_bytes(), output.with_suffix(".json").read_bytes()
+    run_tool("export_tflite", f"--workdir={root / 'resumed'}", f"--output={output}",
+             "--input_shape=1,32,40,3")
+    assert (output.read_bytes(), output.with_suffix(".json").read_bytes()) == written
     assert info["inputs"][0]["shape"] == [1, 32, 40, 3]
     assert info["inputs"][0]["scale"] == pytest.approx(1 / 255)
     summary = json.loads(output.with_suffix(".json").read_text())

@@ -13,6 +13,7 @@ its stages' checkpoints; other flags in the same work directory are refused.
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf  # isort: skip  (after keras_sr)
 from keras_sr import ablation
 from keras_sr.common import cli
 from keras_sr.configs import ablation as ablation_configs
@@ -31,11 +32,16 @@ _CALIBRATION = flags.DEFINE_string("calibration_data", None, "PTQ's representati
                                    "builtin:train or an EDSR-layout folder; default: the config's.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of every stage; default: the config's.",
                              lower_bound=0)
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "Run every op deterministically (tf.config.experimental."
+    "enable_op_determinism; slower, mostly on GPUs): a rerun gives identical tables.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()  # before the first op
     try:
         made = ablation.run_ablation(
             _WORKDIR.value, _CONFIG.value, train_records=_TRAIN.value, eval_data=_DATA.value,

@@ -6,6 +6,8 @@
 
 --model: "bicubic", a training work directory or checkpoint prefix, or a .tflite file.
 --data: a folder with HR/ and LR_bicubic/X<scale>/, or builtin:val (written to a temporary folder).
+An image of the set that cannot be used is left out of the means and listed (table and --json
+"skipped"), or with --on_bad_image=fail ends the run (one line naming it, exit status 1).
 """
 import os
 import tempfile
@@ -14,7 +16,7 @@ from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from keras_sr import evaluate
-from keras_sr.common import cli, fileio
+from keras_sr.common import bad_images, cli, fileio
 from keras_sr.data import builtin
 
 _MODEL = flags.DEFINE_string("model", None,
@@ -25,6 +27,8 @@ _JSON = flags.DEFINE_string("json", None, "Write the results (means, per image) 
 _SCALE = flags.DEFINE_integer("scale", 3, "Super-resolution factor.", lower_bound=2)
 _CROP = flags.DEFINE_integer("crop_border", None,
                              "Border removed before measuring (default: scale).", lower_bound=0)
+_ON_BAD_IMAGE = flags.DEFINE_enum("on_bad_image", bad_images.DEFAULT_POLICY,
+                                  list(bad_images.POLICIES), bad_images.FLAG_HELP)
 
 flags.register_validator("data", lambda d: d == "builtin:val" or os.path.isdir(d),
                          message="--data must be an existing folder (HR/, LR_bicubic/X<scale>/) or "
@@ -44,7 +48,11 @@ def main(argv):
         if data_dir == "builtin:val":
             data_dir = os.path.join(tmp, "builtin_val")
             builtin.write_benchmark_layout(data_dir, "val", _SCALE.value)
-        result = evaluate.evaluate_benchmark(predictor, data_dir, _SCALE.value, _CROP.value)
+        try:
+            result = evaluate.evaluate_benchmark(predictor, data_dir, _SCALE.value, _CROP.value,
+                                                 _ON_BAD_IMAGE.value)
+        except (bad_images.NoImagesError, FileNotFoundError) as e:  # no HR/, an empty set
+            raise app.UsageError(f"--data={_DATA.value}: {e}") from None
     result = {"model": _MODEL.value, "data": _DATA.value, "flags": cli.resolved_flags(__name__),
               **result}
     print(f"{_MODEL.value} on {_DATA.value} (x{result['scale']}, border {result['crop_border']}):")

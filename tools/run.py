@@ -17,6 +17,7 @@ _STARTED = time.time()  # the budget counts from here, TensorFlow's import inclu
 from absl import app, flags  # noqa: E402
 
 import keras_sr  # noqa: E402,F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf  # noqa: E402  # isort: skip  (after keras_sr)
 from keras_sr import recipe  # noqa: E402
 from keras_sr.common import cli  # noqa: E402
 from keras_sr.configs import job as job_configs  # noqa: E402
@@ -42,6 +43,9 @@ _TEACHER_CHECKPOINT = flags.DEFINE_string(
 _SHAPE = cli.define_shape("input_shape", tflite_lib.DEFAULT_INPUT_SHAPE, "Fixed NHWC export shape.",
                           __name__)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.distribute strategy.")
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "Run every op deterministically (tf.config.experimental."
+    "enable_op_determinism; slower, mostly on GPUs): a rerun gives identical weights.")
 
 
 def main(argv):
@@ -51,6 +55,8 @@ def main(argv):
         recipe.check_sources(_TRAIN.value, _VAL.value, _EVAL.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()  # before the first op
     try:
         summary = recipe.run_recipe(
             _WORKDIR.value, _TRAIN.value, _VAL.value, config=_CONFIG.value,

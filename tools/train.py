@@ -9,6 +9,7 @@ installation in well under a minute.
 from absl import app, flags, logging
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
+import tensorflow as tf  # isort: skip  (after keras_sr, which selects Keras 2)
 from keras_sr import configs
 from keras_sr.common import cli
 from keras_sr.train import lib
@@ -62,6 +63,10 @@ _FUSE_AT = flags.DEFINE_float("fuse_at", None,
                               "fused and the deploy form trained for the rest (0: never).")
 _SEED = flags.DEFINE_integer("seed", None, "Override the config's seed (data order, augmentation, "
                              "initialisation).")
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", False, "Run every op deterministically (tf.config.experimental."
+    "enable_op_determinism; slower, mostly on GPUs): with the same --seed, two runs, or a killed "
+    "and resumed one, end with identical weights.")
 _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 
@@ -104,6 +109,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = resolved_config()  # before anything is written
+    if _DETERMINISTIC.value:
+        tf.config.experimental.enable_op_determinism()  # before the first op
     metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,
                         init_from=_INIT.value, teacher_records=_TEACHER.value,
                         strategy=_STRATEGY.value, run_info=cli.resolved_flags(__name__))

@@ -11,14 +11,17 @@ directory) or one .tflite file.
 keep the input's format (grayscale stays grayscale, alpha is upscaled bicubic and kept) and never
 overwrite an input; see keras_sr.upscale.
 
-A file that cannot be read is reported with the reason and skipped; the others are written. Exit
-status: 0 all written, 1 some files failed, 2 a bad command line.
+A file that cannot be read is reported with the reason and skipped (listed under "skipped" in
+--json); the others are written. With --on_bad_image=fail the first unreadable file ends the run
+(one line naming it; outputs written before it stay). Exit status: 0 all written, 1 some files
+failed (or --on_bad_image=fail stopped the run), 2 a bad command line (also a folder without image
+files).
 """
 from absl import app, flags
 
 import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 from keras_sr import upscale
-from keras_sr.common import cli, fileio
+from keras_sr.common import bad_images, cli, fileio
 
 _MODEL = flags.DEFINE_string("model", None, "A .tflite file, or a folder holding one.", required=True)
 _INPUT = flags.DEFINE_string("input", None, "An image file, a folder or a glob pattern.", required=True)
@@ -27,6 +30,8 @@ _COMPARE = flags.DEFINE_bool("compare", False,
                              "Also write NAME_compare.EXT: OpenCV bicubic | model, side by side.")
 _JSON = flags.DEFINE_string("json", None, "Write the resolved flags and per-file results here.")
 _THREADS = flags.DEFINE_integer("num_threads", 2, "Interpreter threads.", lower_bound=1)
+_ON_BAD_IMAGE = flags.DEFINE_enum("on_bad_image", bad_images.DEFAULT_POLICY,
+                                  list(bad_images.POLICIES), bad_images.FLAG_HELP)
 
 
 def main(argv):
@@ -47,7 +52,7 @@ def main(argv):
 
     progress = upscale.Progress(len(jobs))
     try:
-        summary = upscale.upscale_files(predictor, jobs, progress)
+        summary = upscale.upscale_files(predictor, jobs, progress, _ON_BAD_IMAGE.value)
     finally:
         progress.close()
     summary = {"flags": cli.resolved_flags(__name__), "model": model,

@@ -1,8 +1,15 @@
 """What every absl binary of keras-sr does the same way (absl only: both sides use it)."""
+import errno
 import os
 import sys
 
 from absl import app, flags
+
+from keras_sr.common import bad_images, lock
+
+# Errors of the machine rather than of the program (a full disk, a read-only or foreign folder):
+# one line naming the file says all there is to say, a traceback would bury it.
+_ENVIRONMENT_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def resolved_flags(module_name):
@@ -47,10 +54,15 @@ def run_main(main):
     e.g. a missing required flag) and for `app.UsageError` raised by `main`. Status 2 is the usual
     one for a bad command line (argparse, GNU tools), so that callers can tell it from a run that
     failed (status 1). The line reads "PROGRAM: error: MESSAGE" on stderr, without a traceback.
+    A work directory in use by another process (`lock.LockHeld`) is refused the same way (status
+    2: nothing was done). A full disk, a read-only folder or a missing permission (`OSError` with
+    one of `_ENVIRONMENT_ERRNOS`) ends the run with one line naming the file and status 1; every
+    other error keeps its traceback. An input image that ends a run under --on_bad_image=fail
+    (`bad_images.BadImageError`) gets one line naming the file and the reason, and status 1.
     """
-    def fail(error):
+    def fail(error, status=2):
         print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(status)
 
     def parse(argv):
         try:
@@ -61,7 +73,13 @@ def run_main(main):
     def checked_main(argv):
         try:
             return main(argv)
-        except app.UsageError as e:
+        except (app.UsageError, lock.LockHeld) as e:
             fail(e)
+        except bad_images.BadImageError as e:
+            fail(e, status=1)
+        except OSError as e:
+            if e.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            fail(f"{e.strerror}: {e.filename}" if e.filename else e, status=1)
 
     app.run(checked_main, flags_parser=parse)

@@ -36,16 +36,29 @@ def atomic_open(path, mode="wb"):
     folder, name = os.path.split(path)
     os.makedirs(folder or ".", exist_ok=True)
     tmp = os.path.join(folder, f"{_TMP_PREFIX}{name}.{secrets.token_hex(4)}")
-    # "x" creates the file exclusively with the process umask (tempfile.mkstemp would give 0600).
-    f = open(tmp, mode.replace("w", "x"), encoding="utf-8" if mode == "w" else None)
+    try:
+        # "x" creates the file exclusively with the process umask (tempfile.mkstemp would give 0600).
+        f = open(tmp, mode.replace("w", "x"), encoding="utf-8" if mode == "w" else None)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:
+            raise _naming(e, path) from e  # a failed write or flush (a full disk) names no file
         raise
+
+
+def _naming(error, path):
+    """`error` (an OSError) naming `path`, the file being written, rather than its temporary file.
+
+    OSError(errno, ...) makes the subclass of the errno (PermissionError, ...).
+    """
+    return OSError(error.errno, error.strerror, path)
 
 
 @contextlib.contextmanager

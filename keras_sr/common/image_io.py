@@ -43,6 +43,13 @@ _ORIENTATIONS = {  # EXIF orientation tag -> (stored pixels -> displayed pixels,
 }
 
 
+# The notes of `decode_rgb` that `training_pixels` replaces (it keeps neither RGB nor alpha).
+GRAY_NOTE = "grayscale: replicated to RGB"
+_GRAY_ALPHA_NOTE = "grayscale+alpha: replicated to RGB, alpha kept"
+_RGBA_NOTE = "RGBA: alpha kept as a separate plane"
+ALPHA_DROPPED_NOTE = "alpha channel dropped"
+
+
 class ImageError(ValueError):
     """An image file cannot be used; the message names the file and the reason."""
 
@@ -244,14 +251,13 @@ def decode_rgb(data, name="<bytes>"):
     alpha = None
     if image.ndim == 2:
         rgb, gray = np.repeat(image[..., None], 3, axis=-1), True
-        notes.append("grayscale: replicated to RGB")
+        notes.append(GRAY_NOTE)
     else:
         rgb = image[..., 2::-1]  # OpenCV decodes to BGR[A]
         gray = color_type == 4  # OpenCV expands a gray+alpha PNG to BGRA
         if image.shape[-1] == 4:
             alpha = image[..., 3]
-            notes.append("grayscale+alpha: replicated to RGB, alpha kept" if gray
-                         else "RGBA: alpha kept as a separate plane")
+            notes.append(_GRAY_ALPHA_NOTE if gray else _RGBA_NOTE)
     if color_type == 3:
         notes.append("palette PNG: expanded to RGB" + (" and alpha" if alpha is not None else ""))
     if components == 4:
@@ -269,6 +275,26 @@ def decode_rgb(data, name="<bytes>"):
 def read_rgb(path):
     """Reads an image file (see `decode_rgb`); errors name `path`."""
     return decode_rgb(_read_bytes(path), name=os.fspath(path))
+
+
+def training_pixels(image):
+    """The pixels of a `DecodedImage` as training data and evaluation sets hold them.
+
+    Grayscale stays one plane (as `decode_image` returns it: the caller replicates it where a
+    network needs three channels, and metrics score it as Y); alpha is dropped (the colour planes
+    are kept as stored, not composited).
+
+    Args:
+        image: a `DecodedImage` from `decode_rgb` / `read_rgb`.
+
+    Returns:
+        (uint8 (H, W) or (H, W, 3) array, notes): `image.notes` without the grayscale and alpha
+        notes of `decode_rgb`, plus ALPHA_DROPPED_NOTE when there was an alpha plane.
+    """
+    notes = [n for n in image.notes if n not in (GRAY_NOTE, _GRAY_ALPHA_NOTE, _RGBA_NOTE)]
+    if image.alpha is not None:
+        notes.append(ALPHA_DROPPED_NOTE)
+    return np.ascontiguousarray(image.rgb[..., 0] if image.gray else image.rgb), tuple(notes)
 
 
 def _read_bytes(path):

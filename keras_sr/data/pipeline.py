@@ -8,9 +8,14 @@ element, so a given `seed` gives the same stream on every run.
 Teacher outputs (`keras_sr.common.record_schema.TEACHER_FEATURES`) are joined to the SR records by
 `image_id` through an in-memory hash table built at load time, after checking that every training
 image has a teacher image of exactly its HR size.
+
+That load-time pass reads every record of every shard through TensorFlow's reader, which checks
+each record's CRCs, so a corrupt or truncated shard is reported before training starts, naming the
+shard and the record (`_read_records`), rather than as a DataLossError in the middle of a run.
 """
 import collections
 import logging
+import re
 import struct
 import time
 
@@ -30,6 +35,31 @@ def _png_size(header):
     return height, width
 
 
+def _read_records(path, parse):
+    """Yields `parse` of each record of the TFRecord file `path`, in order, as NumPy values.
+
+    Raises:
+        ValueError: "PATH: record N (0-based): bad CRC|truncated ..." for a corrupt shard, or
+            "PATH: not a readable record file of this schema (record N, ...)" when `parse` fails.
+    """
+    index = 0
+    try:
+        for element in tf.data.TFRecordDataset(path).map(parse).as_numpy_iterator():
+            yield element
+            index += 1
+    except tf.errors.DataLossError as e:
+        # TensorFlow's words: "corrupted record at OFFSET" (a CRC mismatch), "truncated record at".
+        found = re.search(r"(corrupted|truncated) record at (\d+)", e.message)
+        what = ("bad CRC" if found.group(1) == "corrupted" else "truncated") if found else "corrupt"
+        where = f" at byte {found.group(2)}" if found else ""
+        raise ValueError(f"{path}: record {index} (0-based): {what}{where}; the shard is damaged, "
+                         "write it again") from None
+    except tf.errors.OpError as e:
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", e.message.splitlines()[0])
+        raise ValueError(f"{path}: not a readable record file of this schema (record {index}, "
+                         f"0-based: {message})") from None
+
+
 def _scan(files, schema, png_key, extra_keys=()):
     """Reads ids, PNG sizes and `extra_keys` of every record without decoding images.
 
@@ -47,28 +77,22 @@ def _scan(files, schema, png_key, extra_keys=()):
 
     entries = []
     for path in files:
-        try:
-            for ex in tf.data.TFRecordDataset(path).map(parse).as_numpy_iterator():
-                size = _png_size(ex.pop("header"))
-                image_id = ex.pop("image_id").decode("utf-8")
-                if size is None:
-                    raise ValueError(f"{path}: record {image_id!r} holds no PNG in {png_key!r}")
-                entries.append({"file": path, "image_id": image_id, "size": size, **ex})
-        except tf.errors.OpError as e:
-            raise ValueError(f"{path}: not a readable record file of this schema "
-                             f"({e.message.splitlines()[0]})") from e
+        for ex in _read_records(path, parse):
+            size = _png_size(ex.pop("header"))
+            image_id = ex.pop("image_id").decode("utf-8")
+            if size is None:
+                raise ValueError(f"{path}: record {image_id!r} holds no PNG in {png_key!r}")
+            entries.append({"file": path, "image_id": image_id, "size": size, **ex})
     return entries
 
 
 def _teacher_table(teacher_files, sr_entries, scale):
     """Loads teacher PNGs into an id -> PNG bytes hash table after checking the join."""
     teachers = {}
+    spec = records_lib.feature_spec(record_schema.TEACHER_FEATURES)
+    spec = {k: spec[k] for k in ("image_id", "teacher_png", "height", "width")}
     for path in teacher_files:
-        spec = records_lib.feature_spec(record_schema.TEACHER_FEATURES)
-        for ex in (tf.data.TFRecordDataset(path)
-                   .map(lambda s: tf.io.parse_single_example(
-                       s, {k: spec[k] for k in ("image_id", "teacher_png", "height", "width")}))
-                   .as_numpy_iterator()):
+        for ex in _read_records(path, lambda s: tf.io.parse_single_example(s, spec)):
             image_id = ex["image_id"].decode("utf-8")
             if image_id in teachers:
                 raise ValueError(f"{path}: teacher output for {image_id!r} appears twice "
@@ -146,8 +170,8 @@ def make_train_dataset(records, lr_patch=64, batch_size=16, scale=3, teacher_rec
 
     Raises:
         ValueError: records of another scale, no image large enough for the patch, duplicate ids
-            with teacher records, or a teacher output missing or of the wrong size (messages name
-            the file).
+            with teacher records, a teacher output missing or of the wrong size, or a corrupt or
+            truncated shard (messages name the file, and the record where it is one).
     """
     files = record_schema.list_record_files(records)
     entries = _scan(files, record_schema.SR_FEATURES, "hr_png", ("scale",))
@@ -157,10 +181,11 @@ def make_train_dataset(records, lr_patch=64, batch_size=16, scale=3, teacher_rec
                              f"expected {scale}")
     small = [e for e in entries if min(e["size"]) < scale * lr_patch]
     entries = [e for e in entries if min(e["size"]) >= scale * lr_patch]
-    if small:
-        logging.warning("%d of %d images are smaller than the %dx%d LR patch and are left out, "
-                        "e.g. %s", len(small), len(small) + len(entries), lr_patch, lr_patch,
-                        [e["image_id"] for e in small[:5]])
+    if small:  # every one named: a data set that shrinks at a larger patch should not go unseen
+        logging.warning("%d of %d images are smaller than the %dx%d LR patch and are left out: %s",
+                        len(small), len(small) + len(entries), lr_patch, lr_patch,
+                        ", ".join(f"{e['image_id']} (HR {e['size'][1]}x{e['size'][0]})"
+                                  for e in small))
     if not entries:
         raise ValueError(f"no image in {files} is large enough for an LR patch of {lr_patch}")
     counts = collections.Counter(e["image_id"] for e in entries)

@@ -12,6 +12,12 @@
 A source is listed once (`Source.num_items`) and then read shard by shard (`Source.read_shard`), so
 that shards can be written independently, in parallel and resumably. Reading yields `RawPair`s, or
 `Skipped` entries for items that cannot be used, each with a reason.
+
+Images of a folder source are the user's: they are read with `image_io.read_rgb` and converted
+(16-bit, palette, CMYK, EXIF orientation; alpha dropped; grayscale kept as one plane), each
+conversion noted in `RawPair.notes`. Benchmark and builtin sources hold evaluation-style data whose
+LR files were made from the stored 8-bit pixels: they are read as stored (`image_io.read_image`),
+and a file that is not plain 8-bit is skipped with the reason.
 """
 import dataclasses
 import os
@@ -19,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from keras_sr.common import image_io
+from keras_sr.common import bad_images, image_io
 from keras_sr.data import benchmark, builtin, matlab_resize
 
 
@@ -32,17 +38,23 @@ class RawPair:
         hr: uint8 HxWx3 RGB or HxW grayscale, not cropped.
         lr: uint8 LR given by the source, or None when it must be generated.
         origin: the file (or dataset entry) it came from, for messages.
+        notes: conversions made while reading (`image_io.training_pixels`), e.g.
+            ("16-bit PNG: rounded to 8-bit",).
     """
     image_id: str
     hr: np.ndarray
     lr: Optional[np.ndarray]
     origin: str
+    notes: tuple = ()
 
 
 @dataclasses.dataclass
 class Skipped:
+    """An item left out, and why; `fatal` False for entries that are not images at all (a text
+    file, a subfolder), which never end a run under --on_bad_image=fail."""
     item: str
     reason: str
+    fatal: bool = True
 
 
 class Source:
@@ -66,6 +78,8 @@ class Source:
 class _FileSource(Source):
     """Sources backed by a sorted list of (name, hr_path, lr_path or None)."""
 
+    convert = False  # read HR files with read_rgb (user images) instead of as stored
+
     def __init__(self):
         super().__init__()
         self.items = []
@@ -76,13 +90,28 @@ class _FileSource(Source):
 
     def read_shard(self, index, count, id_prefix):
         for name, hr_path, lr_path in self.items[index::count]:
+            notes = ()
             try:
-                hr = image_io.read_image(hr_path)
+                if self.convert:
+                    hr, notes = image_io.training_pixels(image_io.read_rgb(hr_path))
+                else:
+                    hr = image_io.read_image(hr_path)
                 lr = image_io.read_image(lr_path) if lr_path else None
-            except image_io.ImageError as e:
+            except image_io.ImageError as e:  # also a file gone since listing, a symlink loop
                 yield Skipped(hr_path, str(e))
                 continue
-            yield RawPair(f"{id_prefix}/{name}" if id_prefix else name, hr, lr, hr_path)
+            yield RawPair(f"{id_prefix}/{name}" if id_prefix else name, hr, lr, hr_path, notes)
+
+    def _require_items(self, folder):
+        """Raises NoImagesError naming `folder` when the listing found nothing to read."""
+        if self.items:
+            return
+        if not self.listing_skipped:
+            raise bad_images.NoImagesError(f"{self.spec}: the folder {folder} is empty")
+        first = self.listing_skipped[0]
+        raise bad_images.NoImagesError(
+            f"{self.spec}: no usable images in {folder} ({len(self.listing_skipped)} entries "
+            f"skipped, e.g. {os.path.basename(first.item)}: {first.reason})")
 
     def _add_files(self, paths, lr_path_fn=None):
         seen = {}
@@ -101,6 +130,8 @@ class _FileSource(Source):
 
 
 class FolderSource(_FileSource):
+    convert = True
+
     def __init__(self, path, scale):
         super().__init__()
         if not os.path.isdir(path):
@@ -111,12 +142,18 @@ class FolderSource(_FileSource):
         if os.path.basename(folder).lower() == "hr":
             folder = os.path.dirname(folder)
         self.default_prefix = os.path.basename(folder)
-        files = sorted(os.path.join(path, f) for f in os.listdir(path)
-                       if os.path.isfile(os.path.join(path, f)))
-        for f in files:
-            if not f.lower().endswith(image_io.IMAGE_EXTENSIONS):
-                self.listing_skipped.append(Skipped(f, "not a PNG/JPEG/BMP file name"))
-        self._add_files([f for f in files if f.lower().endswith(image_io.IMAGE_EXTENSIONS)])
+        images = []
+        for f in sorted(os.path.join(path, f) for f in os.listdir(path)):
+            if os.path.isdir(f):  # not followed: no recursion, so no directory loop either
+                self.listing_skipped.append(Skipped(f, "a folder (folder sources are not "
+                                                       "recursive)", fatal=False))
+            elif not f.lower().endswith(image_io.IMAGE_EXTENSIONS):
+                self.listing_skipped.append(Skipped(f, "not a PNG/JPEG/BMP file name",
+                                                    fatal=False))
+            else:  # also broken links and symlink loops: reading them gives the reason
+                images.append(f)
+        self._add_files(images)
+        self._require_items(path)
 
 
 class BenchmarkSource(_FileSource):
@@ -130,6 +167,7 @@ class BenchmarkSource(_FileSource):
         self.default_prefix = os.path.basename(os.path.normpath(path))
         self._add_files(benchmark.list_hr_files(hr_dir),
                         lambda name: benchmark.lr_path(path, name, scale))
+        self._require_items(hr_dir)
 
 
 class BuiltinSource(_FileSource):
@@ -187,6 +225,8 @@ def parse_source(spec, scale=3):
 
     Raises:
         ValueError: an unknown kind or an empty argument.
+        bad_images.NoImagesError (a ValueError): a folder without usable images (the message
+            names it).
         FileNotFoundError: a folder that does not exist.
     """
     kind, sep, arg = spec.partition(":")

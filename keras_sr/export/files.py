@@ -8,9 +8,14 @@ model a work directory holds (`keras_sr.workdir`), converts it (`tflite_lib`) an
                          [0, 1], run as a TF graph (for INT8: within 1 level of it, not bit-identical)
     OUTPUT.json          ops, IO quantization, parameter count, MACs, source checkpoint, settings,
                          and for INT8 the kernel sets of the bit-identity claim ("bit_identical_kernels")
+
+Exporting a checkpoint again writes the same OUTPUT.tflite and OUTPUT.json bytes, in any process
+(so a job rerun after a kill does too). The SavedModel twin is not byte-stable: TensorFlow writes
+a random UUID into its fingerprint.pb, and numbers its functions by what the process traced before.
 """
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
 
 from keras_sr.common import fileio
 from keras_sr.data import sources
@@ -101,6 +106,10 @@ def export_workdir(workdir, output, input_shape=tflite_lib.DEFAULT_INPUT_SHAPE, 
     if kind == "ptq" and not calibration_data:
         raise ValueError("--ptq needs --calibration_data (a benchmark folder or builtin:train)")
     run = WorkDir.open(workdir)
+    # Tensor names in the .tflite come from Keras layer names, whose automatic suffixes count the
+    # layers this process made before (a job exports after training): counting afresh makes an
+    # export the same bytes in any process.
+    keras.backend.reset_uids()
     # INT8 ships the QAT model; "float" and "ptq" start from the fused FP32 graph.
     model = run.load("qat" if kind == "int8" else "fused")
     if kind == "int8":

@@ -187,17 +187,14 @@ class TFLitePredictor:
         return sr
 
 
-def latency_stats(run_once, runs=10, warmup=2, timer=time.perf_counter):
-    """Times `run_once()`: `warmup` untimed calls, then `runs` timed ones.
+def timed_calls(run_once, runs=10, warmup=2, timer=time.perf_counter):
+    """Milliseconds of each of `runs` calls of `run_once()`, after `warmup` untimed ones.
 
     Args:
         run_once: the callable to time (no arguments).
         runs: timed calls (at least 1).
         warmup: untimed calls first (first-call allocation, XNNPACK packing its weights, caches).
         timer: seconds as a float (tests pass a fake one).
-
-    Returns:
-        dict: "median_ms", "min_ms", "max_ms" over the timed calls, "runs", "warmup".
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
@@ -208,17 +205,30 @@ def latency_stats(run_once, runs=10, warmup=2, timer=time.perf_counter):
         start = timer()
         run_once()
         times.append(1000.0 * (timer() - start))
+    return times
+
+
+def summarize_times(times, warmup):
+    """{"median_ms", "min_ms", "max_ms", "runs", "warmup"} of call times in milliseconds."""
     return {"median_ms": float(np.median(times)), "min_ms": float(min(times)),
-            "max_ms": float(max(times)), "runs": runs, "warmup": warmup}
+            "max_ms": float(max(times)), "runs": len(times), "warmup": warmup}
 
 
-def time_tflite(model, num_threads=2, runs=10, warmup=2, input_shape=None, kernels="xnnpack"):
-    """`latency_stats` of one `invoke()` of a .tflite model on random input.
+def latency_stats(run_once, runs=10, warmup=2, timer=time.perf_counter):
+    """Times `run_once()` (`timed_calls`) and summarizes the calls (`summarize_times`).
+
+    Returns:
+        dict: "median_ms", "min_ms", "max_ms" over the timed calls, "runs", "warmup".
+    """
+    return summarize_times(timed_calls(run_once, runs, warmup, timer), warmup)
+
+
+def invoker(model, num_threads=2, input_shape=None, kernels="xnnpack"):
+    """An interpreter of a .tflite model set up on random input: its `invoke` (to time it).
 
     Args:
         model: path of a .tflite file, or its bytes.
         num_threads: interpreter threads.
-        runs, warmup: see `latency_stats`.
         input_shape: NHWC shape for a dynamic-shape model (ignored for fixed shapes).
         kernels: "xnnpack" or "builtin" (`KERNELS`).
     """
@@ -237,7 +247,12 @@ def time_tflite(model, num_threads=2, runs=10, warmup=2, input_shape=None, kerne
         info = np.iinfo(detail["dtype"])
         x = rng.integers(info.min, info.max + 1, detail["shape"]).astype(detail["dtype"])
     interpreter.set_tensor(detail["index"], x)
-    return latency_stats(interpreter.invoke, runs, warmup)
+    return interpreter.invoke
+
+
+def time_tflite(model, num_threads=2, runs=10, warmup=2, input_shape=None, kernels="xnnpack"):
+    """`latency_stats` of one `invoke()` of a .tflite model on random input (see `invoker`)."""
+    return latency_stats(invoker(model, num_threads, input_shape, kernels), runs, warmup)
 
 
 def benchmark_tflite(path_or_bytes, num_threads=2, runs=10, warmup=2, input_shape=None):

@@ -13,6 +13,7 @@ again with the same settings; other settings in the same WORKDIR are refused:
     WORKDIR/stage{1,2,3}/   training work directories (checkpoints, TensorBoard logs, metrics)
     WORKDIR/export/         student_int8.tflite and student_fp32.tflite at the fixed deploy shape
     WORKDIR/report.html     the report (also report.md, metrics.json)
+    WORKDIR/.lock           while the job runs: a second job in WORKDIR is refused, naming it
 """
 import os
 import subprocess
@@ -22,7 +23,7 @@ import time
 from absl import logging
 
 from keras_sr import configs, data, models
-from keras_sr.common import ledger
+from keras_sr.common import ledger, lock
 from keras_sr.configs import job as job_configs
 from keras_sr.export import files, tflite_lib
 from keras_sr.recipe import results
@@ -84,6 +85,10 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
 
     Returns:
         The report's metrics dict (also WORKDIR/metrics.json).
+
+    Raises:
+        JobMismatch: WORKDIR holds a job with other settings.
+        lock.LockHeld: another process runs a job in WORKDIR (`keras_sr.common.lock`).
     """
     started = started or time.time()
     job = job_configs.get_job_config(config)
@@ -96,87 +101,90 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
                 "eval_data": list(eval_data), "input_shape": list(input_shape),
                 "strategy": strategy, "time_budget_minutes": job.time_budget_minutes}
     check_sources(train_source, val_source, eval_data)
-    state = ledger.Ledger(workdir, settings, JOB_FILE, "a job")
-    budget = 60.0 * job.time_budget_minutes
-    deadline = started + budget if budget else None
-    with_teacher = bool(teacher_records or teacher_checkpoint)
-    train_stages = job.stages(with_teacher)
-    parts = ["data", *(["teacher"] if teacher_checkpoint else []), *(["speed"] if budget else []),
-             *train_stages, "export", "evaluate"]
-    view = JobProgress(parts, deadline)
+    # One job per work directory at a time (its parts lock their own folders too).
+    with lock.WorkdirLock(workdir):
+        state = ledger.Ledger(workdir, settings, JOB_FILE, "a job")
+        budget = 60.0 * job.time_budget_minutes
+        deadline = started + budget if budget else None
+        with_teacher = bool(teacher_records or teacher_checkpoint)
+        train_stages = job.stages(with_teacher)
+        parts = ["data", *(["teacher"] if teacher_checkpoint else []),
+                 *(["speed"] if budget else []), *train_stages, "export", "evaluate"]
+        view = JobProgress(parts, deadline)
 
-    def part(name, fn, total=None):
-        if state.done(name):
-            return state.part(name, fn)  # the recorded result
-        view.start(name, total)
-        start = time.time()
-        result = state.part(name, fn)
-        view.done(name, time.time() - start)
-        return result
+        def part(name, fn, total=None):
+            if state.done(name):
+                return state.part(name, fn)  # the recorded result
+            view.start(name, total)
+            start = time.time()
+            result = state.part(name, fn)
+            view.done(name, time.time() - start)
+            return result
 
-    records = os.path.join(workdir, "records")
-    val_dir = os.path.join(workdir, "val")
-    eval_dirs = [_eval_dir(workdir, spec) for spec in eval_data]
+        records = os.path.join(workdir, "records")
+        val_dir = os.path.join(workdir, "val")
+        eval_dirs = [_eval_dir(workdir, spec) for spec in eval_data]
 
-    def prepare():
-        data.prepare_records(train_source, records)
-        data.prepare_benchmark(val_source, val_dir)
-        for spec, out in zip(eval_data, eval_dirs):
-            data.prepare_benchmark(spec, out)
+        def prepare():
+            data.prepare_records(train_source, records)
+            data.prepare_benchmark(val_source, val_dir)
+            for spec, out in zip(eval_data, eval_dirs):
+                data.prepare_benchmark(spec, out)
 
-    part("data", prepare)
-    teacher_eval = os.path.join(workdir, "teacher_eval")
-    set_dirs = {_set_name(val_source): val_dir,
-                **{_set_name(spec): out for spec, out in zip(eval_data, eval_dirs)}}
-    if teacher_checkpoint:
-        teacher_records = os.path.join(workdir, "teacher")
+        part("data", prepare)
+        teacher_eval = os.path.join(workdir, "teacher_eval")
+        set_dirs = {_set_name(val_source): val_dir,
+                    **{_set_name(spec): out for spec, out in zip(eval_data, eval_dirs)}}
+        if teacher_checkpoint:
+            teacher_records = os.path.join(workdir, "teacher")
 
-        def teacher():
-            # The training records for Stages 2-3, and every evaluation set's LR images for the
-            # report's teacher row.
-            _precompute_teacher(teacher_checkpoint, teacher_records, records=records)
-            for name, folder in set_dirs.items():
-                _precompute_teacher(teacher_checkpoint, os.path.join(teacher_eval, _key(name)),
-                                    images=os.path.join(folder, "LR_bicubic", "X3"))
+            def teacher():
+                # The training records for Stages 2-3, and every evaluation set's LR images for the
+                # report's teacher row.
+                _precompute_teacher(teacher_checkpoint, teacher_records, records=records)
+                for name, folder in set_dirs.items():
+                    _precompute_teacher(teacher_checkpoint, os.path.join(teacher_eval, _key(name)),
+                                        images=os.path.join(folder, "LR_bicubic", "X3"))
 
-        part("teacher", teacher)
+            part("teacher", teacher)
 
-    # The machine's speed, measured in its first seconds, sizes what follows training.
-    probe_rate = part("speed", lambda: _speed_probe(job)) if budget else None
-    previous = None
-    for i, stage in enumerate(train_stages):
-        number = int(stage[-1])
-        stage_config = configs.get_config(number, job.stage_config)
-        if number == 1 and job.model is not None:
-            stage_config = stage_config.replace(model=job.model)
-        if budget:
-            remaining = deadline - time.time() - job.tail_seconds(probe_rate)
-            seconds = job.stage_seconds(stage, remaining, train_stages[i:])
-            stage_config = stage_config.replace(time_budget_minutes=max(seconds, 1.0) / 60.0)
-        stage_dir = os.path.join(workdir, stage)
-        part(stage, lambda c=stage_config, d=stage_dir, p=previous: lib.train(
-            c, d, records, val_data=val_dir, init_from=p,
-            teacher_records=teacher_records if c.stage > 1 else None, strategy=strategy,
-            run_info={"job": settings}, on_step=view.update), total=stage_config.steps)
-        previous = stage_dir
+        # The machine's speed, measured in its first seconds, sizes what follows training.
+        probe_rate = part("speed", lambda: _speed_probe(job)) if budget else None
+        previous = None
+        for i, stage in enumerate(train_stages):
+            number = int(stage[-1])
+            stage_config = configs.get_config(number, job.stage_config)
+            if number == 1 and job.model is not None:
+                stage_config = stage_config.replace(model=job.model)
+            if budget:
+                remaining = deadline - time.time() - job.tail_seconds(probe_rate)
+                seconds = job.stage_seconds(stage, remaining, train_stages[i:])
+                stage_config = stage_config.replace(time_budget_minutes=max(seconds, 1.0) / 60.0)
+            stage_dir = os.path.join(workdir, stage)
+            part(stage, lambda c=stage_config, d=stage_dir, p=previous: lib.train(
+                c, d, records, val_data=val_dir, init_from=p,
+                teacher_records=teacher_records if c.stage > 1 else None, strategy=strategy,
+                run_info={"job": settings}, on_step=view.update), total=stage_config.steps)
+            previous = stage_dir
 
-    fp32_stage = os.path.join(workdir, train_stages[-2])
-    part("export", lambda: {
-        "int8": files.export_workdir(previous, os.path.join(workdir, INT8_MODEL),
-                                     tuple(input_shape), "uint8", "int8"),
-        "fp32": files.export_workdir(fp32_stage, os.path.join(workdir, FP32_MODEL),
-                                     tuple(input_shape), kind="float")})
-    # Evaluation and the report always run (they are cheap and read only finished files).
-    view.start("evaluate")
-    teachers = {name: os.path.join(teacher_eval, _key(name)) for name in set_dirs} \
-        if teacher_checkpoint else None
-    report = results.collect(
-        workdir, set_dirs, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
-                            "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
-        input_shape=tuple(input_shape), parts=state.state["done"], started=started, flags=run_info,
-        curves={s: os.path.join(workdir, s) for s in train_stages}, teachers=teachers)
-    view.close()
-    return report
+        fp32_stage = os.path.join(workdir, train_stages[-2])
+        part("export", lambda: {
+            "int8": files.export_workdir(previous, os.path.join(workdir, INT8_MODEL),
+                                         tuple(input_shape), "uint8", "int8"),
+            "fp32": files.export_workdir(fp32_stage, os.path.join(workdir, FP32_MODEL),
+                                         tuple(input_shape), kind="float")})
+        # Evaluation and the report always run (they are cheap and read only finished files).
+        view.start("evaluate")
+        teachers = {name: os.path.join(teacher_eval, _key(name)) for name in set_dirs} \
+            if teacher_checkpoint else None
+        report = results.collect(
+            workdir, set_dirs, {"bicubic": "bicubic", "fp32": os.path.join(workdir, FP32_MODEL),
+                                "qat": previous, "int8": os.path.join(workdir, INT8_MODEL)},
+            input_shape=tuple(input_shape), parts=state.state["done"], started=started,
+            flags=run_info,
+            curves={s: os.path.join(workdir, s) for s in train_stages}, teachers=teachers)
+        view.close()
+        return report
 
 
 def _speed_probe(job, steps=10):

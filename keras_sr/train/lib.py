@@ -5,6 +5,7 @@ A stage differs only in how its model is built (`keras_sr.train.stages`) and in 
 """
 import math
 import os
+import tempfile
 import time
 
 import numpy as np
@@ -14,7 +15,7 @@ from absl import logging
 
 from keras_sr import evaluate, losses
 from keras_sr import workdir as wd
-from keras_sr.common import fileio, progress
+from keras_sr.common import fileio, lock, progress
 from keras_sr.data import pipeline
 from keras_sr.train import stages
 
@@ -248,12 +249,23 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
 
     Returns:
         The final metrics dict (also written to WORKDIR/metrics.json).
+
+    Raises:
+        lock.LockHeld: another process trains in `workdir` (see `keras_sr.common.lock`).
     """
     start_time = time.time()
     strategy = make_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = _is_chief(strategy)
+    # Only the chief writes the folder; other workers save (collective ops) into a scratch folder.
+    with lock.WorkdirLock(workdir) if chief else tempfile.TemporaryDirectory() as scratch:
+        return _train(config, workdir, train_records, val_data, init_from, teacher_records,
+                      strategy, chief, scratch, run_info, on_step, start_time)
+
+
+def _train(config, workdir, train_records, val_data, init_from, teacher_records, strategy, chief,
+           scratch, run_info, on_step, start_time):
+    """`train` once the folder is locked (`scratch`: a non-chief worker's checkpoint folder)."""
     config, source = stages.starting_point(config, init_from)
-    os.makedirs(workdir, exist_ok=True)
     if chief:
         fileio.write_json(os.path.join(workdir, wd.FLAGS), run_info or {})
         fileio.write_json(os.path.join(workdir, wd.CONFIG), config.to_dict())
@@ -277,9 +289,7 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
     loss_fn = losses.make_loss(config.loss, with_teacher=bool(teacher_records))
 
     # --- Model, optimizer, checkpoint (resume first, then initialise). ---
-    checkpoint_dir = os.path.join(workdir, wd.CHECKPOINTS)
-    if not chief:  # other workers save to a private folder, as tf.distribute requires
-        checkpoint_dir = os.path.join(workdir, "tmp", f"worker-{strategy.cluster_resolver.task_id}")
+    checkpoint_dir = os.path.join(workdir, wd.CHECKPOINTS) if chief else scratch
     latest = tf.train.latest_checkpoint(os.path.join(workdir, wd.CHECKPOINTS))
     fused = bool(latest) and wd.holds_fused_student(config, latest)
     with strategy.scope():
@@ -301,9 +311,13 @@ def train(config, workdir, train_records, val_data=None, init_from=None, teacher
                    **state.objects)
         start_step = int(step.numpy())
         logging.info("Resumed from %s at step %d.", latest, start_step)
-    # The input stream is a fixed function of the seed: a resumed run skips the batches it
-    # already trained on, so it sees what an uninterrupted run would have seen.
-    iterator = iter(strategy.experimental_distribute_dataset(dataset.skip(start_step)))
+    # The input stream is a fixed function of the seed: a resumed run skips the batches it already
+    # trained on, so it sees what an uninterrupted run would have seen. Each worker of a multiworker
+    # run makes it all and keeps its slice of every global batch (AUTO would shard it by file).
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    iterator = iter(strategy.experimental_distribute_dataset(
+        dataset.skip(start_step).with_options(options)))
     predictor = evaluate.keras_model_predictor(state.stage.model) if val_data else None
     replicas = strategy.num_replicas_in_sync
 
