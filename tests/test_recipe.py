@@ -1,5 +1,6 @@
 """The whole job (`keras-sr-run`): every artifact, scores equal to tools/evaluate.py, resume, refusal
 of other settings, the budget plan and the progress view."""
+import hashlib
 import io
 import json
 import math
@@ -124,7 +125,8 @@ def test_teacher_checkpoint_runs_the_precompute_inside_the_job(tiny_data, tmp_pa
     job = tmp_path / "job"
     run_tool("run", f"--workdir={job}", f"--train_source={images / 'train'}",
              f"--val_source={images / 'val_set'}", "--config=smoke", "--input_shape=1,32,40,3",
-             f"--teacher_checkpoint={weights}")
+             f"--teacher_checkpoint={weights}",
+             f"--teacher_checkpoint_sha256={hashlib.sha256(weights.read_bytes()).hexdigest()}")
     state = json.loads((job / "job.json").read_text())
     assert set(state["done"]) == {"data", "teacher", "stage1", "stage2", "stage3", "export"}
     assert list((job / "teacher").glob("*.tfrecord"))
@@ -136,6 +138,22 @@ def test_teacher_checkpoint_runs_the_precompute_inside_the_job(tiny_data, tmp_pa
     rows = {row["model"]: row for row in metrics["sets"][0]["rows"]}
     assert list(rows) == ["bicubic", "teacher", "fp32", "qat", "int8"]
     assert 0.0 < rows["teacher"]["psnr_y"] < rows["bicubic"]["psnr_y"]  # random weights
+
+
+def test_teacher_flags_are_checked_before_anything_is_written(tmp_path):
+    weights = tmp_path / "teacher.pth"
+    weights.write_bytes(b"not really a checkpoint")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    job = tmp_path / "job"
+    for flags, message in (
+            ([f"--teacher_checkpoint={weights}", f"--teacher_checkpoint_sha256={'0' * 64}"],
+             f"has sha256 {digest}, not --teacher_checkpoint_sha256={'0' * 64}"),
+            ([f"--teacher_checkpoint={tmp_path / 'absent.pth'}"], "absent.pth: no such file"),
+            ([f"--teacher_checkpoint_sha256={digest}"], "needs --teacher_checkpoint"),
+            ([f"--teacher_checkpoint={weights}", f"--teacher_records={weights}"], "not both")):
+        with pytest.raises(app.UsageError, match=message):
+            run_tool("run", f"--workdir={job}", "--config=smoke", *flags)
+        assert not job.exists()
 
 
 def test_speed_probe_times_the_jobs_student():

@@ -40,6 +40,9 @@ _TEACHER = flags.DEFINE_string("teacher_records", None, "Teacher TFRecords for S
 _TEACHER_CHECKPOINT = flags.DEFINE_string(
     "teacher_checkpoint", None, "Official MambaIRv2-Light x3 checkpoint: the job precomputes the "
     "teacher outputs (needs keras-sr[teacher]).")
+_TEACHER_SHA256 = flags.DEFINE_string(
+    "teacher_checkpoint_sha256", None, "Expected hex sha256 of --teacher_checkpoint; the job stops "
+    "before writing anything if it differs.")
 _SHAPE = cli.define_shape("input_shape", tflite_lib.DEFAULT_INPUT_SHAPE, "Fixed NHWC export shape.",
                           __name__)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.distribute strategy.")
@@ -53,6 +56,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     try:
         recipe.check_sources(_TRAIN.value, _VAL.value, _EVAL.value)
+        recipe.check_teacher(_TEACHER.value, _TEACHER_CHECKPOINT.value, _TEACHER_SHA256.value)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     if _DETERMINISTIC.value:
@@ -63,7 +67,7 @@ def main(argv):
             teacher_records=_TEACHER.value, teacher_checkpoint=_TEACHER_CHECKPOINT.value,
             eval_data=_EVAL.value, input_shape=_SHAPE(), strategy=_STRATEGY.value,
             time_budget_minutes=_BUDGET.value, run_info=cli.resolved_flags(__name__),
-            started=_STARTED)
+            started=_STARTED, teacher_checkpoint_sha256=_TEACHER_SHA256.value)
     except recipe.JobMismatch as e:
         raise app.UsageError(str(e)) from None
     for entry in summary["sets"]:

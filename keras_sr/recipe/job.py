@@ -15,6 +15,7 @@ again with the same settings; other settings in the same WORKDIR are refused:
     WORKDIR/report.html     the report (also report.md, metrics.json)
     WORKDIR/.lock           while the job runs: a second job in WORKDIR is refused, naming it
 """
+import hashlib
 import os
 import subprocess
 import sys
@@ -62,10 +63,33 @@ def _eval_dir(workdir, spec):
     return os.path.join(workdir, "eval", _key(_set_name(spec)))
 
 
+def check_teacher(teacher_records=None, teacher_checkpoint=None, teacher_checkpoint_sha256=None):
+    """Checks the teacher flags before the job writes anything.
+
+    Raises:
+        ValueError: both teacher inputs, a sha256 without a checkpoint, a missing checkpoint, or
+            one whose sha256 is not `teacher_checkpoint_sha256`; the message names the flag.
+    """
+    if teacher_records and teacher_checkpoint:
+        raise ValueError("give --teacher_records or --teacher_checkpoint, not both")
+    if teacher_checkpoint_sha256 and not teacher_checkpoint:
+        raise ValueError("--teacher_checkpoint_sha256 needs --teacher_checkpoint")
+    if teacher_checkpoint and not os.path.isfile(teacher_checkpoint):
+        raise ValueError(f"--teacher_checkpoint={teacher_checkpoint}: no such file")
+    if teacher_checkpoint_sha256:
+        with open(teacher_checkpoint, "rb") as f:
+            found = hashlib.sha256(f.read()).hexdigest()
+        expected = teacher_checkpoint_sha256.strip().lower()
+        if found != expected:
+            raise ValueError(f"--teacher_checkpoint={teacher_checkpoint} has sha256 {found}, not "
+                             f"--teacher_checkpoint_sha256={expected}: another or a damaged file")
+
+
 def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", config="default",
                teacher_records=None, teacher_checkpoint=None, eval_data=(),
                input_shape=tflite_lib.DEFAULT_INPUT_SHAPE, strategy="default",
-               time_budget_minutes=None, run_info=None, started=None):
+               time_budget_minutes=None, run_info=None, started=None,
+               teacher_checkpoint_sha256=None):
     """Runs (or resumes) the whole job; see the module docstring.
 
     Args:
@@ -82,11 +106,14 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
         time_budget_minutes: wall time of the whole job; None: the config's.
         run_info: resolved flags, stored in metrics.json.
         started: time.time() at which the job started (default: now); the budget counts from it.
+        teacher_checkpoint_sha256: the hex sha256 `teacher_checkpoint` must have (checked before
+            anything is written, and again by the bridge that loads it), or None.
 
     Returns:
         The report's metrics dict (also WORKDIR/metrics.json).
 
     Raises:
+        ValueError: bad teacher flags (`check_teacher`).
         JobMismatch: WORKDIR holds a job with other settings.
         lock.LockHeld: another process runs a job in WORKDIR (`keras_sr.common.lock`).
     """
@@ -94,8 +121,7 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
     job = job_configs.get_job_config(config)
     if time_budget_minutes is not None:
         job = job.replace(time_budget_minutes=time_budget_minutes)
-    if teacher_records and teacher_checkpoint:
-        raise ValueError("give --teacher_records or --teacher_checkpoint, not both")
+    check_teacher(teacher_records, teacher_checkpoint, teacher_checkpoint_sha256)
     settings = {"train_source": train_source, "val_source": val_source, "config": config,
                 "teacher_records": teacher_records, "teacher_checkpoint": teacher_checkpoint,
                 "eval_data": list(eval_data), "input_shape": list(input_shape),
@@ -141,9 +167,11 @@ def run_recipe(workdir, train_source="builtin:train", val_source="builtin:val", 
             def teacher():
                 # The training records for Stages 2-3, and every evaluation set's LR images for the
                 # report's teacher row.
-                _precompute_teacher(teacher_checkpoint, teacher_records, records=records)
+                _precompute_teacher(teacher_checkpoint, teacher_checkpoint_sha256, teacher_records,
+                                    records=records)
                 for name, folder in set_dirs.items():
-                    _precompute_teacher(teacher_checkpoint, os.path.join(teacher_eval, _key(name)),
+                    _precompute_teacher(teacher_checkpoint, teacher_checkpoint_sha256,
+                                        os.path.join(teacher_eval, _key(name)),
                                         images=os.path.join(folder, "LR_bicubic", "X3"))
 
             part("teacher", teacher)
@@ -195,11 +223,13 @@ def _speed_probe(job, steps=10):
                                             steps=steps, warmup=2)
 
 
-def _precompute_teacher(checkpoint, output, records=None, images=None):
+def _precompute_teacher(checkpoint, sha256, output, records=None, images=None):
     """Runs the teacher bridge on SR records or an LR folder, in its own process (keras_sr never
-    imports torch)."""
+    imports torch); `sha256`: the checkpoint's expected hash, or None."""
     source = f"--records={records}" if records else f"--images={images}"
     command = [sys.executable, "-m", "keras_sr_tools.precompute_teacher",
                f"--checkpoint={checkpoint}", source, f"--output={output}"]
+    if sha256:
+        command.append(f"--checkpoint_sha256={sha256}")
     logging.info("Teacher: %s", " ".join(command))
     subprocess.run(command, check=True)
