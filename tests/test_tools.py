@@ -88,8 +88,10 @@ def test_parity_and_export_refuse_a_stage1_run(stage3_runs):
     root, val = stage3_runs
     with pytest.raises(app.UsageError, match=r"--workdir: .* Stage-1 \(FP32\) run: the 'qat' form"):
         run_tool("parity", f"--workdir={root / 's1'}", f"--data={val}")
-    with pytest.raises(ValueError, match=r"Stage-1 \(FP32\) run: the 'qat' form needs a Stage-3"):
+    with pytest.raises(app.UsageError, match=r"--workdir=.*s1: .*Stage-1 \(FP32\) run: the 'qat' "
+                                             "form needs a Stage-3"):
         run_tool("export_tflite", f"--workdir={root / 's1'}", f"--output={root / 'x.tflite'}")
+    assert not (root / "x.tflite").exists()
 
 
 def test_train_validates_its_flags_before_writing_anything(tiny_data, tmp_path):
@@ -106,7 +108,26 @@ def test_train_validates_its_flags_before_writing_anything(tiny_data, tmp_path):
                  "--anchor")
     with pytest.raises(flags.IllegalFlagValueError, match="value should be one of"):
         run_tool("train", "--config=huge", f"--workdir={target}", f"--train_records={records}")
+    with pytest.raises(app.UsageError, match="--train_records: no TFRecord files found for "
+                                             "'nothing\\*.tfrecord'"):
+        run_tool("train", "--stage=1", f"--workdir={target}", "--train_records=nothing*.tfrecord")
+    with pytest.raises(app.UsageError, match=f"--init_from={tmp_path}: .* no checkpoint"):
+        run_tool("train", "--stage=3", f"--workdir={target}", f"--train_records={records}",
+                 f"--init_from={tmp_path}")
     assert not target.exists()
+
+
+def test_train_refuses_a_workdir_of_another_stage_or_model(stage3_runs, tiny_data):
+    """A rerun resumes a work directory's checkpoints, so it must be the same stage and model."""
+    root, _ = stage3_runs
+    records, _ = tiny_data
+    with pytest.raises(app.UsageError, match=r"--workdir=.*s1 holds a Stage-1 run of another model "
+                                             r"or stage \(block_type: '\w+' there, 'plain' now"):
+        run_tool("train", "--stage=1", "--config=smoke", f"--workdir={root / 's1'}",
+                 f"--train_records={records}", "--block_type=plain")
+    with pytest.raises(app.UsageError, match=r"s1 holds a Stage-1 run .*\(Stage 3 now\)"):
+        run_tool("train", "--stage=3", "--config=smoke", f"--workdir={root / 's1'}",
+                 f"--train_records={records}", f"--init_from={root / 's1'}")
 
 
 # Slow (over 10 s on a fast 2-core CPU): kept out of the default run (`--run-slow`).

@@ -51,9 +51,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     kind = "float" if _FLOAT.value else "ptq" if _PTQ.value else "int8"
-    summary = files.export_workdir(
-        _WORKDIR.value, _OUTPUT.value, _INPUT_SHAPE(), _IO.value, kind,
-        calibration_data=_CALIBRATION.value, metadata={"flags": cli.resolved_flags(__name__)})
+    try:
+        summary = files.export_workdir(
+            _WORKDIR.value, _OUTPUT.value, _INPUT_SHAPE(), _IO.value, kind,
+            calibration_data=_CALIBRATION.value, metadata={"flags": cli.resolved_flags(__name__)})
+    except files.ExportInputError as e:
+        raise app.UsageError(str(e)) from None
     print(f"wrote {_OUTPUT.value} ({summary['bytes']} bytes, {summary['parameters']} parameters)")
     print("ops: " + " -> ".join(summary["ops"]))
     for side in ("inputs", "outputs"):

@@ -12,7 +12,7 @@ import keras_sr  # noqa: F401  (selects Keras 2 before TensorFlow loads)
 import tensorflow as tf  # isort: skip  (after keras_sr, which selects Keras 2)
 from keras_sr import configs
 from keras_sr.common import cli
-from keras_sr.train import lib
+from keras_sr.train import lib, stages
 
 _STAGE = flags.DEFINE_enum("stage", "1", ["1", "2", "3"], "Training stage.")
 _CONFIG = flags.DEFINE_enum("config", "default", list(configs.VARIANTS), "Config variant of the stage.")
@@ -109,6 +109,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = resolved_config()  # before anything is written
+    try:
+        stages.check_inputs(config, _WORKDIR.value, _TRAIN.value, _INIT.value, _TEACHER.value)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     if _DETERMINISTIC.value:
         tf.config.experimental.enable_op_determinism()  # before the first op
     metrics = lib.train(config, _WORKDIR.value, _TRAIN.value, val_data=_VAL.value,

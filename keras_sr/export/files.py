@@ -84,6 +84,10 @@ def write_export(blob, output, keras_model, metadata=None):
     return summary
 
 
+class ExportInputError(ValueError):
+    """The work directory or the export options cannot give the asked-for model (names the flag)."""
+
+
 def export_workdir(workdir, output, input_shape=tflite_lib.DEFAULT_INPUT_SHAPE, io="uint8", kind="int8",
                    calibration_data=None, metadata=None):
     """Exports a trained model to OUTPUT (.tflite) + .savedmodel/ + .json.
@@ -100,18 +104,26 @@ def export_workdir(workdir, output, input_shape=tflite_lib.DEFAULT_INPUT_SHAPE, 
 
     Returns:
         The JSON summary.
+
+    Raises:
+        ExportInputError: an unknown kind, PTQ without calibration data, or a work directory
+            that holds no run of the stage `kind` needs (or a checkpoint its config cannot load).
     """
     if kind not in KINDS:
-        raise ValueError(f"export kind must be one of {KINDS}, got {kind!r}")
+        raise ExportInputError(f"export kind must be one of {KINDS}, got {kind!r}")
     if kind == "ptq" and not calibration_data:
-        raise ValueError("--ptq needs --calibration_data (a benchmark folder or builtin:train)")
-    run = WorkDir.open(workdir)
+        raise ExportInputError("--ptq needs --calibration_data (a benchmark folder or "
+                               "builtin:train)")
     # Tensor names in the .tflite come from Keras layer names, whose automatic suffixes count the
     # layers this process made before (a job exports after training): counting afresh makes an
     # export the same bytes in any process.
     keras.backend.reset_uids()
-    # INT8 ships the QAT model; "float" and "ptq" start from the fused FP32 graph.
-    model = run.load("qat" if kind == "int8" else "fused")
+    try:
+        run = WorkDir.open(workdir)
+        # INT8 ships the QAT model; "float" and "ptq" start from the fused FP32 graph.
+        model = run.load("qat" if kind == "int8" else "fused")
+    except (FileNotFoundError, ValueError) as e:  # no run, another stage, another architecture
+        raise ExportInputError(f"--workdir={workdir}: {e}") from None
     if kind == "int8":
         blob = tflite_lib.convert_qat(model, input_shape, io)
     elif kind == "float":

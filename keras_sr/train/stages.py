@@ -1,11 +1,14 @@
 """How each stage builds the model it trains; the loop in `lib.py` is the same for all of them."""
 import dataclasses
+import os
 from typing import Callable, Optional
 
 import tf_keras as keras
 from absl import logging
 
 from keras_sr import models, quant
+from keras_sr import workdir as wd
+from keras_sr.common import record_schema
 from keras_sr.workdir import WorkDir
 
 
@@ -50,6 +53,36 @@ def starting_point(config, init_from):
     if source.model_config != config.model:
         logging.info("Model shape taken from %s: %s", init_from, source.model_config)
     return config.replace(model=source.model_config), source
+
+
+def check_inputs(config, workdir, train_records, init_from=None, teacher_records=None):
+    """Checks what a stage reads before it writes anything; see `lib.train` for the arguments.
+
+    Raises:
+        ValueError: records that match no file, no usable `init_from` (missing, no checkpoint, a
+            Stage-3 run), or a `workdir` that holds a run of another stage or model (its
+            checkpoints could not be resumed); the message names the flag.
+    """
+    for flag, records in (("--train_records", train_records),
+                          ("--teacher_records", teacher_records)):
+        if records:
+            try:
+                record_schema.list_record_files(records)
+            except FileNotFoundError as e:
+                raise ValueError(f"{flag}: {e}") from None
+    try:
+        config, _ = starting_point(config, init_from)
+    except FileNotFoundError as e:
+        raise ValueError(f"--init_from={init_from}: {e}") from None
+    if os.path.exists(os.path.join(workdir, wd.CONFIG)):
+        held = wd.read_config(workdir)
+        differs = {k: (v, getattr(config.model, k)) for k, v in held.model.to_dict().items()
+                   if v != getattr(config.model, k)}
+        if held.stage != config.stage or differs:
+            what = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differs.items())
+            raise ValueError(f"--workdir={workdir} holds a Stage-{held.stage} run of another model "
+                             f"or stage ({what or f'Stage {config.stage} now'}); a rerun resumes "
+                             "it only with the same stage and model: choose another --workdir")
 
 
 def build(config, source: Optional[WorkDir] = None, calibration_data=None, resume=False,
