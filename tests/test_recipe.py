@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from absl import app
-from conftest import browser_check, require_shared, run_tool
+from conftest import Killed, browser_check, kill_before_step, require_shared, run_tool
 
 from keras_sr.configs import job as job_configs
 from keras_sr.export import tflite_lib
@@ -161,3 +161,38 @@ def test_speed_probe_times_the_jobs_student():
 
     rate = job._speed_probe(job_configs.SMOKE, steps=2)
     assert np.isfinite(rate) and rate > 0
+
+
+# Two smoke jobs: over a minute on 2 cores.
+@pytest.mark.slow
+def test_a_job_killed_mid_stage_resumes_to_byte_identical_models(tiny_data, tmp_path):
+    """The smoke job has no time budget, so its steps are fixed; under op determinism (conftest)
+    a killed and resumed job must ship the very bytes of an uninterrupted one."""
+    records, _ = tiny_data
+    images = pathlib.Path(records).parent
+
+    def job(name):
+        return [f"--workdir={tmp_path / name}", f"--train_source={images / 'train'}",
+                f"--val_source=folder:{images / 'val'}", "--config=smoke",
+                "--input_shape=1,32,40,3", "--deterministic"]
+
+    run_tool("run", *job("straight"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        kill_before_step(monkeypatch, 5)  # Stage 1 dies after its checkpoint at step 3
+        with pytest.raises(Killed):
+            run_tool("run", *job("resumed"))
+    state = json.loads((tmp_path / "resumed" / "job.json").read_text())
+    assert set(state["done"]) == {"data"}  # Stage 1 was under way
+    run_tool("run", *job("resumed"))
+    for name in ("student_int8.tflite", "student_fp32.tflite"):
+        straight = (tmp_path / "straight" / "export" / name).read_bytes()
+        resumed = (tmp_path / "resumed" / "export" / name).read_bytes()
+        assert hashlib.sha256(resumed).hexdigest() == hashlib.sha256(straight).hexdigest(), name
+    # The export's JSON differs only by the work directory's name in its paths.
+    summaries = [(tmp_path / run / "export" / "student_int8.json").read_text()
+                 for run in ("straight", "resumed")]
+    assert summaries[1].replace("resumed", "straight") == summaries[0]
+    rows = [{row["model"]: row["psnr_y"] for row in json.loads(
+        (tmp_path / run / "metrics.json").read_text())["sets"][0]["rows"]}
+        for run in ("straight", "resumed")]
+    assert rows[0] == rows[1]
