@@ -32,9 +32,7 @@ _CALIBRATION = flags.DEFINE_string("calibration_data", None, "PTQ's representati
                                    "builtin:train or an EDSR-layout folder; default: the config's.")
 _SEED = flags.DEFINE_integer("seed", None, "Seed of every stage; default: the config's.",
                              lower_bound=0)
-_DETERMINISTIC = flags.DEFINE_boolean(
-    "deterministic", False, "Run every op deterministically (tf.config.experimental."
-    "enable_op_determinism; slower, mostly on GPUs): a rerun gives identical tables.")
+_DETERMINISTIC = cli.define_deterministic(__name__)
 
 
 def main(argv):

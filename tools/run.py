@@ -46,9 +46,7 @@ _TEACHER_SHA256 = flags.DEFINE_string(
 _SHAPE = cli.define_shape("input_shape", tflite_lib.DEFAULT_INPUT_SHAPE, "Fixed NHWC export shape.",
                           __name__)
 _STRATEGY = flags.DEFINE_enum("strategy", "default", list(lib.STRATEGIES), "tf.distribute strategy.")
-_DETERMINISTIC = flags.DEFINE_boolean(
-    "deterministic", False, "Run every op deterministically (tf.config.experimental."
-    "enable_op_determinism; slower, mostly on GPUs): a rerun gives identical weights.")
+_DETERMINISTIC = cli.define_deterministic(__name__)
 
 
 def main(argv):

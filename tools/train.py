@@ -63,10 +63,7 @@ _FUSE_AT = flags.DEFINE_float("fuse_at", None,
                               "fused and the deploy form trained for the rest (0: never).")
 _SEED = flags.DEFINE_integer("seed", None, "Override the config's seed (data order, augmentation, "
                              "initialisation).")
-_DETERMINISTIC = flags.DEFINE_boolean(
-    "deterministic", False, "Run every op deterministically (tf.config.experimental."
-    "enable_op_determinism; slower, mostly on GPUs): with the same --seed, two runs, or a killed "
-    "and resumed one, end with identical weights.")
+_DETERMINISTIC = cli.define_deterministic(__name__)
 _BUDGET = flags.DEFINE_float("time_budget_minutes", None,
                              "Fit the run into this wall time (fewer steps when the machine is slow).")
 

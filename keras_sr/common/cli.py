@@ -47,6 +47,25 @@ def define_shape(name, default, help_text, module_name):
     return lambda: tuple(int(v) for v in holder.value)
 
 
+def define_deterministic(module_name):
+    """Defines --deterministic for a training binary, which then calls
+    `tf.config.experimental.enable_op_determinism()` before its first op when it is set (this
+    module stays free of TensorFlow).
+
+    Args:
+        module_name: the binary's `__name__` (see `define_shape`).
+
+    Returns:
+        The flag's holder.
+    """
+    if module_name == "__main__":
+        module_name = sys.argv[0]
+    return flags.DEFINE_boolean(
+        "deterministic", False, "Run every op deterministically (tf.config.experimental."
+        "enable_op_determinism; slower, mostly on GPUs): with the same --seed, two runs, or a "
+        "killed run and its rerun, end with identical weights.", module_name=module_name)
+
+
 def run_main(main):
     """`app.run(main)`, where a bad command line prints one line and exits with status 2.
 
