@@ -41,10 +41,15 @@ _NOT_STATE = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE
 
 
 def checkpoint_values(prefix):
-    """{variable name: value} of a checkpoint (model, optimizer slots, step, total_steps, ...)."""
+    """{variable name: value} of a checkpoint (model, optimizer slots, step, total_steps, ...).
+
+    A QuantizeLayer's variables are saved under its name, which counts the quantize layers the
+    process made before (restoring matches them whatever the count): the count is dropped, so
+    that runs made in processes with another history compare.
+    """
     reader = tf.train.load_checkpoint(prefix)
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if name not in _NOT_STATE}
+    return {re.sub(r"quantize_layer_\d+_", "quantize_layer_", name): reader.get_tensor(name)
+            for name in reader.get_variable_to_shape_map() if name not in _NOT_STATE}
 
 
 # --------------------------------------------------------------------------------------------------
