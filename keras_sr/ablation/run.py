@@ -45,13 +45,11 @@ def check_inputs(train_records=None, eval_data="builtin:val", teacher_records=No
     Raises:
         BadInput: an input that cannot be used; the message names its flag.
     """
-    for flag, records in (("--train_records", train_records),
-                          ("--teacher_records", teacher_records)):
-        if records:
-            try:
-                record_schema.list_record_files(records)
-            except FileNotFoundError as e:
-                raise BadInput(f"{flag}: {e}") from None
+    try:
+        record_schema.check_record_flags([("--train_records", train_records),
+                                          ("--teacher_records", teacher_records)])
+    except ValueError as e:
+        raise BadInput(str(e)) from None
     named = [("--data", eval_data)]
     if calibration_data.startswith("builtin:"):
         named.append(("--calibration_data", calibration_data))

@@ -264,6 +264,23 @@ def read_tfrecord(path, verify=True):
             index += 1
 
 
+def check_record_flags(named):
+    """Checks record flags before a job writes anything.
+
+    Args:
+        named: [(flag, records), ...]; records None or empty are not given and pass.
+
+    Raises:
+        ValueError: "FLAG: no TFRecord files found for ..." for the first that matches no file.
+    """
+    for flag, records in named:
+        if records:
+            try:
+                list_record_files(records)
+            except FileNotFoundError as e:
+                raise ValueError(f"{flag}: {e}") from None
+
+
 def list_record_files(records):
     """Expands record paths into a list of files.
 

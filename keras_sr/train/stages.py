@@ -63,13 +63,8 @@ def check_inputs(config, workdir, train_records, init_from=None, teacher_records
             Stage-3 run), or a `workdir` that holds a run of another stage or model (its
             checkpoints could not be resumed); the message names the flag.
     """
-    for flag, records in (("--train_records", train_records),
-                          ("--teacher_records", teacher_records)):
-        if records:
-            try:
-                record_schema.list_record_files(records)
-            except FileNotFoundError as e:
-                raise ValueError(f"{flag}: {e}") from None
+    record_schema.check_record_flags([("--train_records", train_records),
+                                      ("--teacher_records", teacher_records)])
     try:
         config, _ = starting_point(config, init_from)
     except FileNotFoundError as e:
