@@ -300,6 +300,13 @@ def _table(header, rows):
             *("| " + " | ".join(str(v) for v in row) + " |" for row in rows), ""]
 
 
+def _form_label(form):
+    """'deploy_form' -> 'deploy (fused)', 'deploy_form_10_per_call' -> '... 10 steps per call'."""
+    if form.startswith("deploy_form_"):
+        return f"deploy (fused), {form.split('_')[2]} steps per call"
+    return form.replace("deploy_form", "deploy (fused)")
+
+
 def _tflite_markdown(result):
     ceilings = [f"c{c}" for c, _ in CEILING_STACKS]
     stacks = ", ".join(f"c{c}: {d} convs of {c}x{c} channels" for c, d in CEILING_STACKS)
@@ -346,7 +353,7 @@ def to_markdown(results, machine):
         forms = [k[:-len("_steps_per_s")] for k in train if k.endswith("_steps_per_s")]
         lines += ["## Training steps/s (Adam + L1, one process)", ""]
         lines += _table(["form", "steps/s", "ratio to deploy form"],
-                        [[f.replace("deploy_form", "deploy (fused)"), _num(train[f + "_steps_per_s"]),
+                        [[_form_label(f), _num(train[f + "_steps_per_s"]),
                           _num(train.get(f + "_ratio_to_deploy", 1.0))] for f in forms])
     if "pipeline" in results:
         lines += [f"Input pipeline: {_num(results['pipeline']['examples_per_s'], 0)} examples/s", ""]

@@ -280,10 +280,30 @@ def test_train_rates_time_every_form_in_turn():
 
     rates = speed.student_train_rates(ModelConfig(channels=4, num_blocks=1, num_branches=2),
                                       block_types=("plain", "mobileone_linear"), steps=3,
-                                      warmup=1, rounds=2, batch_size=2, lr_patch=8)
+                                      warmup=1, rounds=2, batch_size=2, lr_patch=8,
+                                      steps_per_call=2)
     assert set(rates) == {"deploy_form_steps_per_s", "plain_steps_per_s",
                           "mobileone_linear_steps_per_s", "plain_ratio_to_deploy",
-                          "mobileone_linear_ratio_to_deploy"}
+                          "mobileone_linear_ratio_to_deploy", "deploy_form_2_per_call_steps_per_s",
+                          "deploy_form_2_per_call_ratio_to_deploy"}
     assert all(np.isfinite(v) and v > 0 for v in rates.values())
     assert rates["plain_ratio_to_deploy"] == pytest.approx(
         rates["plain_steps_per_s"] / rates["deploy_form_steps_per_s"])
+
+
+def test_several_steps_per_call_are_the_same_steps():
+    """One call of a 3-step loop updates the weights as three calls of one step do."""
+    from keras_sr import models
+    from keras_sr.train import speed
+
+    fields = dict(channels=4, num_blocks=1, reparameterized=True)
+    looped, single = models.build_student(**fields), models.build_student(**fields)
+    single.set_weights(looped.get_weights())
+    start = looped.get_weights()
+    speed._train_step(looped, 2, 8, False, steps_per_call=3)()
+    one = speed._train_step(single, 2, 8, False)
+    for _ in range(3):
+        one()
+    assert max(np.abs(a - b).max() for a, b in zip(looped.get_weights(), start)) > 1e-5
+    for a, b in zip(looped.get_weights(), single.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

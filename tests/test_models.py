@@ -121,18 +121,22 @@ def test_training_forward_is_separate_branches(depthwise):
     np.testing.assert_allclose(layer(x, training=True), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("filters, in_channels, kernel_size, num_branches, normalize", [
-    (8, 8, 3, 4, True),    # k 3x3, 1x1, identity
-    (8, 8, 3, 1, True),    # RepVGG-like
-    (12, 8, 3, 2, True),   # in != out: no identity branch
-    (8, 8, 5, 2, True),    # 1x1 on the centre tap of a 5x5
-    (8, 8, 1, 3, True),    # pointwise: no 1x1 branch
-    (8, 8, 3, 4, False),   # no BN: a bias
-    (12, 8, 3, 2, False),
+@pytest.mark.parametrize("filters, in_channels, kernel_size, num_branches, normalize, expansion", [
+    (8, 8, 3, 4, True, 0),    # k 3x3, 1x1, identity
+    (8, 8, 3, 1, True, 0),    # RepVGG-like
+    (12, 8, 3, 2, True, 0),   # in != out: no identity branch
+    (8, 8, 5, 2, True, 0),    # 1x1 on the centre tap of a 5x5
+    (8, 8, 1, 3, True, 0),    # pointwise: no 1x1 branch
+    (8, 8, 3, 4, False, 0),   # no BN: a bias
+    (12, 8, 3, 2, False, 0),
+    (8, 8, 3, 4, False, 16),  # each branch a product (expansion 16)
+    (12, 8, 3, 2, False, 5),
+    (8, 8, 5, 1, True, 3),
 ])
-def test_online_layer_fuses_exactly(filters, in_channels, kernel_size, num_branches, normalize):
+def test_online_layer_fuses_exactly(filters, in_channels, kernel_size, num_branches, normalize,
+                                    expansion):
     layer = OnlineMobileOneConv2D(filters, kernel_size, num_branches=num_branches, activation=None,
-                                  normalize=normalize)
+                                  normalize=normalize, expansion=expansion)
     x = np.random.default_rng(1).normal(0.0, 1.0, (2, 7, 9, in_channels)).astype(np.float32)
     layer(x)
     assert randomize_batch_norms(layer) == int(normalize)
@@ -190,6 +194,35 @@ def test_fused_kernel_moment_recovers_the_merged_kernels_gradient():
                                    atol=1e-6 * np.abs(g_merged ** power).max())
     with pytest.raises(ValueError, match="only for the linear form"):
         OnlineMobileOneConv2D(8, 3, normalize=True).fused_kernel_moment(g_kxk, g_1x1, 1)
+    with pytest.raises(ValueError, match="only for the linear form"):
+        OnlineMobileOneConv2D(8, 3, normalize=False, expansion=4).fused_kernel_moment(
+            g_kxk, g_1x1, 1)
+
+
+def test_expanded_branches_are_the_two_convs_in_sequence():
+    """With expansion, branch j is a 3x3 conv to e channels then a 1x1 conv back, multiplied out;
+    at the start each branch product has the variance of the unexpanded branch's Glorot kernel."""
+    layer = OnlineMobileOneConv2D(8, 3, num_branches=2, activation=None, normalize=False,
+                                  expansion=48)
+    unexpanded = OnlineMobileOneConv2D(8, 3, num_branches=2, activation=None, normalize=False)
+    x = np.random.default_rng(5).normal(0.0, 1.0, (2, 6, 7, 8)).astype(np.float32)
+    layer(x)
+    unexpanded(x)
+    randomize_online_scales(layer)
+    layer.bias.assign(np.random.default_rng(6).normal(0.0, 0.5, 8))
+    conv = lambda t, k: tf.nn.conv2d(t, k, 1, "SAME")  # noqa: E731
+    expected = sum(conv(conv(x, layer.kernel_kxk[j]), layer.projection_kxk[j][None, None])
+                   * layer.scale_kxk[j] for j in range(2))
+    expected += conv(x, (layer.kernel_1x1 * layer.scale_1x1)[None, None])
+    expected += x * layer.scale_identity + layer.bias
+    np.testing.assert_allclose(layer(x, training=True).numpy(), expected.numpy(), atol=1e-5)
+    products = np.einsum("jhwie,jeo->jhwio", layer.kernel_kxk.numpy(), layer.projection_kxk.numpy())
+    ratio = products.var() / unexpanded.kernel_kxk.numpy().var()
+    assert 0.8 < ratio < 1.25, ratio
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x, training=True) ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    assert len(grads) == 7 and all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
 
 
 @pytest.mark.parametrize("block_type, channels, num_blocks, num_branches", [
@@ -205,13 +238,16 @@ def test_fused_kernel_moment_recovers_the_merged_kernels_gradient():
     ("mobileone_online", 12, 2, 3),
     ("mobileone_linear", 32, 8, 4),
     ("mobileone_linear", 8, 2, 2),
+    ("mobileone_expand", 32, 8, 4),
+    ("mobileone_expand", 8, 3, 1),
 ])
 def test_student_fuses_exactly(block_type, channels, num_blocks, num_branches):
     _assert_student_fuses(block_type=block_type, channels=channels, num_blocks=num_blocks,
                           num_branches=num_branches)
 
 
-@pytest.mark.parametrize("block_type", ["mobileone", "mobileone_linear", "plain"])
+@pytest.mark.parametrize("block_type", ["mobileone", "mobileone_linear", "mobileone_expand",
+                                        "plain"])
 def test_anchored_student_fuses_exactly(block_type):
     _assert_student_fuses(block_type=block_type, channels=8, num_blocks=2, num_branches=2,
                           anchor=True)
@@ -224,7 +260,7 @@ def nearest_upsampling(x, scale=3):
 def _assert_student_fuses(**kwargs):
     model = build_student(**kwargs)
     randomize_batch_norms(model)
-    online = kwargs["block_type"] in ("mobileone_online", "mobileone_linear")
+    online = kwargs["block_type"] in ("mobileone_online", "mobileone_linear", "mobileone_expand")
     assert randomize_online_scales(model) == (3 * kwargs["num_blocks"] if online else 0)
     fused = reparameterize(model)
     assert fused.get_config() == build_student(reparameterized=True, **kwargs).get_config()

@@ -147,9 +147,11 @@ def test_stage2_with_teacher_records_from_the_bridge(tiny_data, tmp_path):
     assert {"train_charbonnier", "train_dct"} <= set(metrics)
 
 
-# mobileone_online restarts Adam at the switch; mobileone_linear carries its moments over.
-# The online (BN) variant is slow-marked: the default run keeps the one that carries Adam over.
+# mobileone_online and mobileone_expand restart Adam at the switch; mobileone_linear carries its
+# moments over. The restarting ones are slow-marked: the default run keeps the one that carries
+# Adam over.
 @pytest.mark.parametrize("block_type", [pytest.param("mobileone_online", marks=pytest.mark.slow),
+                                        pytest.param("mobileone_expand", marks=pytest.mark.slow),
                                         "mobileone_linear"])
 def test_fuse_at_switches_to_the_deploy_form_and_resumes_past_the_switch(tiny_data, tmp_path,
                                                                          monkeypatch, block_type):

@@ -37,8 +37,9 @@ from keras_sr.configs.base import BLOCK_TYPES, DictMixin, ModelConfig, positive_
 # ones (the paper's set and colour space are its own; the tables give Y and RGB).
 PAPER_DROPS = {"mobileone": 0.13, "repconv": 0.24, "repdw": 0.66}
 # Every block type the project trains: the paper's three backbones, plain convolutions, and the
-# two faster training forms of MobileOne (README, "Re-parameterization on a CPU budget").
-ALL_BACKBONES = ("repconv", "repdw", "mobileone", "plain", "mobileone_online", "mobileone_linear")
+# three faster training forms of MobileOne (README, "Re-parameterization on a CPU budget").
+ALL_BACKBONES = ("repconv", "repdw", "mobileone", "plain", "mobileone_online", "mobileone_linear",
+                 "mobileone_expand")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,8 @@ BLOCK_TYPES = {
     "mobileone_linear": "mobileone_online without any BN: the merged kernel's conv gets a bias "
                         "(linear over-parameterization; a step costs what plain's costs); deploy: "
                         "one Conv2D 3x3 + ReLU",
+    "mobileone_expand": "mobileone_linear with each 3x3 branch kernel the product of a 3x3 conv C->2C and a "
+                        "1x1 conv back (ExpandNets / SESR), multiplied out; deploy: one Conv2D 3x3 + ReLU",
     "plain": "Conv2D 3x3 + ReLU in both forms (num_branches is ignored)",
 }
 # Architecture -> what `keras_sr.models.build_student` builds (the layers: `keras_sr.models.student`
@@ -56,7 +58,7 @@ KERNEL_CLIP_METHODS = ("none", "std", "percentile")
 QAT_GRAPHS = ("fused", "multibranch")
 # Block types whose deploy form is the "plain" student's graph (one Conv2D + ReLU per block), so a
 # run can continue on it after fusing (`TrainConfig.fuse_at`).
-FUSES_TO_PLAIN = ("mobileone", "mobileone_online", "mobileone_linear", "repconv")
+FUSES_TO_PLAIN = tuple(t for t in BLOCK_TYPES if t not in ("repdw", "plain"))
 
 
 def positive_int(value, name):

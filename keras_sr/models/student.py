@@ -27,14 +27,22 @@ from keras_sr.models.online import OnlineMobileOneConv2D
 _BLOCK_NAME = re.compile(r"block_(\d+)(_dw|_pw)?")
 
 
-def _block_layers(block_type, reparameterized, channels, num_branches, name):
+# Block type -> (normalize, expansion as a multiple of the channels) of its `OnlineMobileOneConv2D`.
+# An expansion of 2 beat 4 and 8 (one branch, like SESR) at 2,000 Stage-1 steps (README,
+# "Re-parameterization on a CPU budget").
+_ONLINE = {"mobileone_online": (True, 0), "mobileone_linear": (False, 0), "mobileone_expand": (False, 2)}
+
+
+def _block_layers(config, reparameterized, name):
     """Returns the layers of one block, applied in sequence, each ending in ReLU."""
-    online = block_type in ("mobileone_online", "mobileone_linear")
+    block_type, channels, num_branches = config.block_type, config.channels, config.num_branches
+    online = block_type in _ONLINE
     if block_type == "plain" or (online and reparameterized):
         return [fused_conv(channels, 3, name=name)]
     if online:
-        return [OnlineMobileOneConv2D(channels, 3, num_branches=num_branches,
-                                      normalize=block_type == "mobileone_online", name=name)]
+        normalize, expansion = _ONLINE[block_type]
+        return [OnlineMobileOneConv2D(channels, 3, num_branches=num_branches, normalize=normalize,
+                                      expansion=expansion * channels, name=name)]
     if block_type == "repdw":
         # The pointwise stage has no separate 1x1 "scale" branch: its branches already are 1x1.
         convs = [(f"{name}_dw", 3, True, num_branches), (f"{name}_pw", 1, False, num_branches)]
@@ -85,8 +93,7 @@ def build_student(config=None, *, reparameterized=False, name="student", **field
     stem = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stem")(inputs)
     x = stem
     for i in range(config.num_blocks):
-        for layer in _block_layers(config.block_type, reparameterized, channels,
-                                   config.num_branches, f"block_{i}"):
+        for layer in _block_layers(config, reparameterized, f"block_{i}"):
             x = layer(x)
     x = keras.layers.Add(name="skip")([stem, x])
     x = keras.layers.Conv2D(3 * scale * scale, 3, padding="same", name="tail")(x)
@@ -128,7 +135,8 @@ def student_config(model):
     if "block_0_dw" in names:
         config["block_type"] = "repdw"
     elif isinstance(first, OnlineMobileOneConv2D):
-        config["block_type"] = "mobileone_online" if first.normalize else "mobileone_linear"
+        config["block_type"] = ("mobileone_online" if first.normalize else
+                                "mobileone_expand" if first.expansion else "mobileone_linear")
     elif config["reparameterized"]:
         config["block_type"] = "plain"
     else:

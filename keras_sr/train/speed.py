@@ -13,8 +13,12 @@ from keras_sr import models
 from keras_sr.configs import ModelConfig
 
 
-def _train_step(model, batch_size, lr_patch, jit_compile):
-    """A compiled Adam + L1 step of `model` on one fixed random [0, 1] batch."""
+def _train_step(model, batch_size, lr_patch, jit_compile, steps_per_call=1):
+    """A compiled Adam + L1 step of `model` on one fixed random [0, 1] batch.
+
+    With `steps_per_call` > 1 one call runs that many steps in a graph loop (no Python between
+    them); `_rate` counts them all.
+    """
     scale = model.output_shape[1] // model.input_shape[1] if model.input_shape[1] else 3
     rng = np.random.default_rng(0)
     lr = tf.constant(rng.random((batch_size, lr_patch, lr_patch, 3), np.float32))
@@ -29,19 +33,24 @@ def _train_step(model, batch_size, lr_patch, jit_compile):
 
     @tf.function
     def step():
-        grads, loss = forward_backward()
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        loss = tf.constant(0.0)
+        for _ in tf.range(steps_per_call):
+            grads, loss = forward_backward()
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
+    step.steps_per_call = steps_per_call
     return step
 
 
 def _rate(step, steps):
+    """Steps per second of `steps` steps (rounded up to whole calls of `step`)."""
+    calls = -(-steps // step.steps_per_call)
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(calls):
         loss = step()
     loss.numpy()
-    return steps / (time.perf_counter() - start)
+    return calls * step.steps_per_call / (time.perf_counter() - start)
 
 
 def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5,
@@ -61,13 +70,15 @@ def train_steps_per_second(model, batch_size=16, lr_patch=48, steps=30, warmup=5
 
 
 # The training forms measured against the deploy form: the paper's BN MobileOne, its online
-# (OREPA) forms with and without BN, RepConv, and the plain network (a deploy graph trained as
-# it is).
-TRAINING_FORMS = ("mobileone", "mobileone_online", "mobileone_linear", "repconv", "plain")
+# (OREPA) forms with and without BN and with expanded branches, RepConv, and the plain network (a
+# deploy graph trained as it is).
+TRAINING_FORMS = ("mobileone", "mobileone_online", "mobileone_linear", "mobileone_expand",
+                  "repconv", "plain")
 
 
 def student_train_rates(model_config=None, block_types=TRAINING_FORMS, steps=30, warmup=5,
-                        rounds=3, batch_size=16, lr_patch=48, jit_compile=False):
+                        rounds=3, batch_size=16, lr_patch=48, jit_compile=False,
+                        steps_per_call=10):
     """Train-step rates of each training form and of the fused deploy form, in one process.
 
     The forms are timed in turn, `rounds` times over (`steps` steps each), and each form's rate is
@@ -80,15 +91,24 @@ def student_train_rates(model_config=None, block_types=TRAINING_FORMS, steps=30,
         block_types: training forms to time.
         steps, warmup, batch_size, lr_patch, jit_compile: see `train_steps_per_second`.
         rounds: how many times every form is timed.
+        steps_per_call: also time the deploy form with this many steps per `tf.function` call
+            ("deploy_form_<n>_per_call"): its ratio to the deploy form is what the trainer's one
+            Python call per step costs (0: leave it out).
 
     Returns:
-        dict: "deploy_form_steps_per_s", and for each block type "<type>_steps_per_s" and
-        "<type>_ratio_to_deploy" (its rate over the deploy form's).
+        dict: "deploy_form_steps_per_s", and for each block type (and the deploy form at
+        `steps_per_call`) "<type>_steps_per_s" and "<type>_ratio_to_deploy" (its rate over the
+        deploy form's).
     """
     model_config = model_config or ModelConfig()
-    built = {"deploy_form": models.build_student(model_config, reparameterized=True),
-             **{t: models.build_student(model_config, block_type=t) for t in block_types}}
-    step_fns = {name: _train_step(m, batch_size, lr_patch, jit_compile) for name, m in built.items()}
+    deploy = models.build_student(model_config, reparameterized=True)
+    step_fns = {"deploy_form": _train_step(deploy, batch_size, lr_patch, jit_compile)}
+    for block_type in block_types:
+        step_fns[block_type] = _train_step(models.build_student(model_config, block_type=block_type),
+                                           batch_size, lr_patch, jit_compile)
+    if steps_per_call > 1:
+        step_fns[f"deploy_form_{steps_per_call}_per_call"] = _train_step(
+            deploy, batch_size, lr_patch, jit_compile, steps_per_call)
     for step in step_fns.values():
         for _ in range(warmup):
             step().numpy()
@@ -97,7 +117,7 @@ def student_train_rates(model_config=None, block_types=TRAINING_FORMS, steps=30,
         for name, step in step_fns.items():
             timed[name].append(_rate(step, steps))
     rates = {f"{name}_steps_per_s": float(np.median(r)) for name, r in timed.items()}
-    for block_type in block_types:
-        rates[f"{block_type}_ratio_to_deploy"] = (rates[f"{block_type}_steps_per_s"]
-                                                  / rates["deploy_form_steps_per_s"])
+    for name in list(step_fns)[1:]:
+        rates[f"{name}_ratio_to_deploy"] = (rates[f"{name}_steps_per_s"]
+                                            / rates["deploy_form_steps_per_s"])
     return rates
