@@ -95,10 +95,10 @@ class JobConfig(DictMixin):
         return max(seconds, self.tail_steps / steps_per_second) if steps_per_second else seconds
 
 
-# The CPU student: the Stage-1 default's block (`mobileone_linear`, which trains at about the
+# The CPU student: the Stage-1 default's block (`mobileone_expand`, which trains at about the
 # deploy form's cost) with the ABPN output anchor, which keeps colours that a few embedded training
 # photographs cannot teach (README, "The main job").
-DEFAULT = JobConfig(model=ModelConfig(block_type="mobileone_linear", anchor=True))
+DEFAULT = JobConfig(model=ModelConfig(block_type="mobileone_expand", anchor=True))
 SMOKE = JobConfig(stage_config="smoke", model=DEFAULT.model, time_budget_minutes=0.0,
                   tail_min_seconds=0.0)
 PAPER = JobConfig(stage_config="div2k", model=None, time_budget_minutes=0.0,
