@@ -5,10 +5,10 @@ Variants:
         to 2C channels and a 1x1 conv back, multiplied out into one kernel before a single conv,
         no BN: a step costs about what the deploy form's costs), T91 + BSD200, LR patch 48,
         batch 16, Adam with a peak learning rate of 4e-3 and cosine decay, fitted into 20 minutes
-        of wall time. At equal wall time on a 2-core CPU (15-minute runs, four seeds) it led the
-        plain network by 0.08 / 0.05 dB (Set5 / Set14 Y, FP32) and 0.05 / 0.03 dB after QAT, in
-        three of the four seeds; `mobileone_linear` (the branches summed) tied plain (README,
-        "Re-parameterization on a CPU budget").
+        of wall time. At equal wall time on a 2-core CPU (15-minute runs) it led the plain
+        network by 0.07 / 0.05 dB (Set5 / Set14 Y, FP32, mean of six seeds, four ahead) and by
+        0.05 / 0.03 dB after QAT (four seeds, three ahead); `mobileone_linear` (the branches
+        summed) tied plain (README, "Re-parameterization on a CPU budget").
     div2k: a longer recipe for DIV2K on a GPU (LR patch 64 as in the paper), with the paper's BN
         MobileOne blocks.
     smoke: a few steps on tiny patches, for tests and installation checks.
