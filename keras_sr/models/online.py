@@ -69,12 +69,12 @@ class OnlineMobileOneConv2D(keras.layers.Layer):
         K = sum_j s_j * W_j  +  pad(s_1 * W_1)  +  s_id * I
 
     where W_j (j < k) are the `num_branches` kernel_size x kernel_size branch kernels (with
-    `expansion` e: W_j = A_j B_j, A_j a kernel_size x kernel_size kernel C_in -> e and B_j a
-    1x1 kernel e -> C), W_1 the 1x1
-    kernel (only when kernel_size > 1), I the identity as a centre-tap kernel (only when input and
-    output channels match), and s_j, s_1, s_id learnable per-output-channel scales (initialised to
-    1 with the BN, so that every branch starts with the weight it has in the BN form, where each
-    branch starts as a unit-variance term; 1/sqrt(k + 2) without). The sum runs in the forward
+    `expansion` e: W_j = A_j B_j, A_j a kernel_size x kernel_size kernel C_in -> e and B_j a 1x1
+    kernel e -> C), W_1 the 1x1 kernel (only when kernel_size > 1), I the identity as a
+    centre-tap kernel (only when input and output channels match), and s_j, s_1, s_id learnable
+    per-output-channel scales (initialised to 1 with the BN, so that every branch starts with the
+    weight it has in the BN form, where each branch starts as a unit-variance term; 1/sqrt(k + 2)
+    without). The sum runs in the forward
     pass, so training costs one convolution (and one BN) per block.
 
     At inference BN is affine, and `fused_weights()` returns the kernel and bias of the single
