@@ -182,9 +182,8 @@ class _TrainState:
 
 
 # Block types whose Adam moments carry over to the deploy form at a `fuse_at` switch (see
-# `OnlineMobileOneConv2D.fused_kernel_moment`); the BN forms' fused kernels mix the batch
-# statistics into the gradient, and an expanded branch's kernel is a product of two factors, so
-# their deploy form restarts Adam (`_Offset`).
+# `OnlineMobileOneConv2D.fused_kernel_moment`); BN (batch statistics in the gradient) and expanded
+# branches (products of two factors) make the others' deploy form restart Adam (`_Offset`).
 _ADAM_CARRIES = ("mobileone_linear",)
 
 
